@@ -1,0 +1,27 @@
+# oaasd: `make run` starts the daemon on this repo's oaasd.toml, `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/oaasd serve --config oaasd.toml
+
+test: install
+	$(PY) -m pytest -x -p no:cacheprovider
+
+bench: install
+	$(PY) bench/bench_intake.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

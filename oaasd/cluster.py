@@ -1,0 +1,163 @@
+"""The cluster as the daemon holds it: node configs, admin intent, health,
+reservations, and the numpy table the placement core works on.
+
+Reservations are kept by task id as name-keyed placement records, so the
+table can be rebuilt (a node added, drained, removed, or a restart) and the
+reservations re-applied to give exactly the same free arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import placement as pl
+from .config import NodeConfig, Settings
+from .models import TaskSpec
+from .seams import Host
+
+NODE_STATES = ("IDLE", "MIXED", "ALLOCATED", "DRAINING", "DRAINED", "DOWN")
+
+
+@dataclass
+class Intent:
+    """What an admin (or the health loop) said about a node."""
+
+    state: str  # DRAIN or DOWN
+    reason: str
+    user: str | None = None
+    at: float = 0.0
+
+
+class Cluster:
+    """Nodes, their state and the free-resource arrays."""
+
+    def __init__(self, settings: Settings):
+        self.nodes: dict[str, NodeConfig] = {n.name: n for n in settings.nodes}
+        self.intents: dict[str, Intent] = {}
+        self.health: dict[str, str] = {}  # node -> reason it is DOWN by probe
+        self.reservations: dict[int, tuple[pl.Request, dict[str, Any]]] = {}
+        self.configure(settings)
+        self.rebuild()
+
+    def configure(self, settings: Settings) -> None:
+        """Take fit and weights from the settings."""
+        sched = settings.scheduler
+        self.fit = sched.fit
+        self.weights = np.array([sched.weights.get(k, 1.0) for k in ("cpu", "memory", "gpus")])
+
+    # ---- the table --------------------------------------------------
+    def schedulable(self, name: str) -> bool:
+        """False when an admin drained or downed the node, or probes fail."""
+        return name not in self.intents and name not in self.health
+
+    def rebuild(self) -> None:
+        """Build the table from the node list and re-apply every reservation."""
+        specs = [{"name": n.name, "cpus": n.cpus, "memory_mb": n.memory_mb, "gpus": n.gpus,
+                  "labels": n.labels, "core_milli": n.core_capacity, "schedulable": self.schedulable(n.name)}
+                 for n in self.nodes.values()]
+        self.table = pl.NodeTable.from_specs(specs)
+        for request, record in self.reservations.values():
+            live = [h for h in record["hosts"] if h[0] in self.nodes]
+            if len(live) == len(record["hosts"]):
+                pl.reserve(self.table, request, pl.placement_from_record(self.table, record))
+
+    def set_schedulable(self) -> None:
+        """Refresh the schedulable mask after an intent or health change."""
+        self.table.schedulable[:] = [self.schedulable(n) for n in self.table.names]
+
+    def reserve(self, task_id: int, request: pl.Request, placed: pl.Placement) -> None:
+        """Take a placement's resources for a task."""
+        pl.reserve(self.table, request, placed)
+        self.reservations[task_id] = (request, pl.placement_record(self.table, placed))
+
+    def release(self, task_id: int) -> None:
+        """Give a task's resources back (no-op when it holds none)."""
+        held = self.reservations.pop(task_id, None)
+        if held is None:
+            return
+        request, record = held
+        if all(h[0] in self.nodes for h in record["hosts"]):
+            pl.release(self.table, request, pl.placement_from_record(self.table, record))
+
+    # ---- requests ---------------------------------------------------
+    @staticmethod
+    def request_for(spec: TaskSpec) -> pl.Request:
+        """The placement request of a task spec."""
+        res = spec.resources
+        return pl.Request(cpu_milli=res.cpu_milli, memory_mb=res.memory_mb, gpus=res.gpus,
+                          cores=tuple(res.cores or ()), workers=spec.workers, labels=spec.labels,
+                          spread=spec.placement == "spread", exclusive=spec.exclusive)
+
+    def never_fits(self, request: pl.Request) -> pl.Refusal | None:
+        """A Refusal when no node could hold the request even in an empty cluster."""
+        return pl.could_ever_fit(self.table, request)
+
+    @staticmethod
+    def refusal_detail(refusal: pl.Refusal) -> list[dict[str, Any]]:
+        """The API detail of a refusal: per-check counts and shortfalls."""
+        detail: list[dict[str, Any]] = [
+            {"field": "resources", "problem": f"{code}: {count} node(s)", "check": code, "nodes": count}
+            for code, count in refusal.counts.items() if count]
+        for s in refusal.detail:
+            detail.append({"field": f"resources.{s.resource}", "problem":
+                           f"requested {s.requested}, largest node has {s.capacity}",
+                           "requested": s.requested, "capacity": s.capacity})
+        return detail
+
+    def placement_to_json(self, placed: pl.Placement) -> dict[str, Any]:
+        """The persisted form of a placement."""
+        return pl.placement_record(self.table, placed)
+
+    def placement_from_json(self, record: dict[str, Any]) -> pl.Placement:
+        """A placement from its persisted form, on the current table."""
+        return pl.placement_from_record(self.table, record)
+
+    def hosts_of(self, placed: pl.Placement) -> list[Host]:
+        """The hosts (node, address, slots) of a placement, best first."""
+        out = []
+        for i, slots in placed.hosts:
+            node = self.nodes[self.table.names[i]]
+            out.append(Host(node=node.name, address=node.host, slots=slots))
+        return out
+
+    # ---- views ------------------------------------------------------
+    def states(self) -> dict[str, str]:
+        """Each node's state: admin intent and health over derived use."""
+        use = pl.node_use(self.table)
+        out = {}
+        for i, name in enumerate(self.table.names):
+            intent = self.intents.get(name)
+            if name in self.health or (intent and intent.state == "DOWN"):
+                out[name] = "DOWN"
+            elif intent and intent.state == "DRAIN":
+                out[name] = "DRAINED" if use[i] == "IDLE" else "DRAINING"
+            else:
+                out[name] = str(use[i])
+        return out
+
+    def views(self) -> list[dict[str, Any]]:
+        """The API view of every node."""
+        states = self.states()
+        return [self.view(name, states[name]) for name in self.table.names]
+
+    def view(self, name: str, state: str | None = None) -> dict[str, Any]:
+        """The API view of one node."""
+        i = self.table.names.index(name)
+        node = self.nodes[name]
+        intent = self.intents.get(name)
+        reason = self.health.get(name) or (intent.reason if intent else None)
+        return {
+            "name": name, "state": state or self.states()[name], "reason": reason,
+            "launcher": node.launcher, "host": node.host, "labels": node.labels,
+            "capacity": _resources(self.table.total[i]), "free": _resources(self.table.free[i]),
+            "intent": None if intent is None else {"state": intent.state, "reason": intent.reason,
+                                                   "user": intent.user, "at": intent.at},
+        }
+
+
+def _resources(row: np.ndarray) -> dict[str, Any]:
+    return {"cpus": int(row[0]) / 1000, "memory_mb": int(row[1]), "gpus": int(row[2])}
+

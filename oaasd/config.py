@@ -1,0 +1,131 @@
+"""Settings from ``oaasd.toml``, with embedded defaults for every key."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors that name the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    """``[server]``: where the daemon listens and keeps its state."""
+
+    listen: str = "127.0.0.1:8750"
+    state_dir: str = "./var"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    kill_grace_s: float = Field(5.0, ge=0)
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT with a port in 1..65535, got {v!r}")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host != "localhost":
+                raise ValueError(f"listen host must be an IP address or localhost, got {host!r}") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+
+
+class SchedulerConfig(Section):
+    """``[scheduler]``: queue policy and placement fit."""
+
+    policy: Literal["fifo"] = "fifo"
+    fit: Literal["first", "best", "worst", "least_allocated", "most_allocated", "balanced"] = "best"
+    weights: dict[Literal["cpu", "memory", "gpus"], float] = Field(default_factory=dict)
+    max_pass: int = Field(1000, ge=1, description="pending tasks examined per scheduling pass")
+
+
+class NodeConfig(Section):
+    """``[[nodes]]``: one node of the cluster."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+    host: str = "127.0.0.1"
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    key: str | None = None
+    launcher: Literal["local", "ssh", "mpi"] = "local"
+    cpus: float | None = Field(None, gt=0)
+    sockets: int | None = Field(None, ge=1)
+    cores_per_socket: int | None = Field(None, ge=1)
+    memory_mb: int | None = Field(None, ge=0)
+    gpus: int = Field(0, ge=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+    core_capacity: list[int] | None = Field(None, description="millicores per core")
+
+    @model_validator(mode="after")
+    def _size(self) -> "NodeConfig":
+        if self.cpus is None and self.sockets and self.cores_per_socket:
+            self.cpus = float(self.sockets * self.cores_per_socket)
+        if self.cpus is None:
+            self.cpus = float(psutil.cpu_count() or 1) if self.launcher == "local" else 1.0
+        if self.memory_mb is None:
+            self.memory_mb = psutil.virtual_memory().total // (1 << 20) if self.launcher == "local" else 1024
+        return self
+
+
+class Settings(Section):
+    """The whole configuration."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    nodes: list[NodeConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _default_node(self) -> "Settings":
+        if not self.nodes:
+            self.nodes = [NodeConfig(name="local")]
+        names = [n.name for n in self.nodes]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate node names: {sorted(dupes)}")
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read and validate a config file; None means embedded defaults."""
+    if path is None:
+        return Settings()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise ConfigError(f"{path}: " + "; ".join(lines)) from None

@@ -1,0 +1,243 @@
+"""The daemon: wires store, cluster, scheduler and runner into one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import placement as pl
+from .cluster import Cluster
+from .config import Settings
+from .errors import ConflictError, UnsatisfiableError
+from .events import EventHub
+from .launchers.local import LocalLauncher
+from .models import TaskSpec
+from .runner import Runner
+from .scheduler import Scheduler
+from .seams import Launcher
+from .states import Reason, State, is_final
+from .store import NewTask, Store
+
+log = logging.getLogger("oaasd")
+
+
+class Daemon:
+    """One oaasd: its settings, store, cluster and loops."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state_dir = Path(settings.server.state_dir).absolute()
+        self.store = Store(self.state_dir / "oaasd.sqlite3", settings.server.synchronous)
+        self.events = EventHub()
+        self.cluster = Cluster(settings)
+        self.scheduler = Scheduler(self)
+        self.runner = Runner(self)
+        self.launchers: dict[str, Launcher] = {"local": LocalLauncher()}
+        self.stopped = asyncio.Event()
+        self.fatal_reason: str | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    # ---- life cycle -------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, recover running and pending work, start the loops."""
+        (self.state_dir / "attempts").mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self.recover()
+        self._loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        self._loop_task.add_done_callback(self._loop_died)
+        self.scheduler.wake()
+
+    async def stop(self) -> None:
+        """Stop the loops, leaving running processes to be re-adopted."""
+        if self._loop_task is not None:
+            self._loop_task.remove_done_callback(self._loop_died)
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.runner.stop()
+        for launcher in self.launchers.values():
+            await launcher.close()
+        await self.store.close()
+
+    def _loop_died(self, task: asyncio.Task) -> None:
+        if not task.cancelled():
+            self.fatal(f"{task.get_name()} loop stopped: {task.exception()!r}")
+
+    def fatal(self, reason: str) -> None:
+        """A loop cannot go on: log why and stop the daemon (systemd restarts it)."""
+        log.critical("stopping: %s", reason)
+        self.fatal_reason = reason
+        self.stopped.set()
+
+    async def recover(self) -> None:
+        """Re-adopt attempts still running, requeue lost ones, reload the queue."""
+        for row in await self.store.running_attempts():
+            placed = self.cluster.placement_from_json(json.loads(row["placement"]))
+            request = self.cluster.request_for(TaskSpec.model_validate_json(row["spec"]))
+            self.cluster.reserve(row["task_id"], request, placed)
+            await self.runner.adopt(row, self.cluster.hosts_of(placed))
+        for task_id, priority, submitted_at, spec in await self.store.pending_queue():
+            request = self.cluster.request_for(TaskSpec.model_validate_json(spec))
+            self.scheduler.add(task_id, priority, submitted_at, request)
+
+    # ---- intake -----------------------------------------------------
+    async def submit(self, spec: TaskSpec) -> tuple[int, bool]:
+        """Validate placement, commit, queue; return (id, created)."""
+        request = self.cluster.request_for(spec)
+        refusal = self.cluster.never_fits(request)
+        if refusal is not None:
+            raise UnsatisfiableError("no node could ever hold this task", self.cluster.refusal_detail(refusal))
+        task = NewTask(name=spec.name, user=spec.user, priority=spec.priority,
+                       spec=spec.model_dump(mode="json", exclude_defaults=True),
+                       idempotency_key=spec.idempotency_key)
+        task_id, created = await self.store.submit(task)
+        if created:
+            self.scheduler.add(task_id, spec.priority, time.time(), request)
+            self.events.publish({"type": "state", "task_id": task_id, "old": None,
+                                 "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
+        return task_id, created
+
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> None:
+        """Cancel a pending task at once, or kill a running one."""
+        for _ in range(3):
+            row = await self.store.get_task(task_id)
+            if is_final(row["state"]):
+                return
+            if row["state"] == State.PENDING:
+                try:
+                    await self.store.cancel_pending(task_id, reason)
+                except ConflictError:
+                    continue  # it was placed meanwhile: cancel it as running
+                self.scheduler.discard(task_id)
+                self.publish_state(task_id, State.PENDING, State.CANCELLED, reason)
+                await self.on_task_final(task_id, State.CANCELLED, None)
+                return
+            if await self.runner.cancel(task_id, reason):
+                return
+            await asyncio.sleep(0.05)  # between commit and launch: try again
+        raise ConflictError(f"task {task_id} could not be cancelled now; try again")
+
+    # ---- scheduling hooks -------------------------------------------
+    def wake_scheduler(self) -> None:
+        """Ask the scheduler for a pass."""
+        self.scheduler.wake()
+
+    def dispatch(self, task_id: int, request: pl.Request, placed: Any) -> None:
+        """Launch a placed task in its own coroutine (resources already reserved)."""
+        self.runner._spawn(self._launch(task_id, request, placed), f"launch-{task_id}")
+
+    async def _launch(self, task_id: int, request: pl.Request, placed: Any) -> None:
+        row = await self.store.get_task(task_id)
+        if row["state"] != State.PENDING:  # cancelled between pass and launch
+            self.cluster.release(task_id)
+            return
+        spec = TaskSpec.model_validate_json(row["spec"])
+        hosts = self.cluster.hosts_of(placed)
+        try:
+            await self.runner.launch(task_id, spec, hosts[0].node, self.cluster.placement_to_json(placed), hosts)
+        except ConflictError:
+            self.cluster.release(task_id)
+            self.wake_scheduler()
+
+    def release(self, task_id: int, node: str, placement: dict[str, Any]) -> None:
+        """Free an ended attempt's resources."""
+        self.cluster.release(task_id)
+
+    async def requeue(self, task_id: int) -> None:
+        """Put a task whose node failed back into the queue."""
+        row = await self.store.get_task(task_id)
+        spec = TaskSpec.model_validate_json(row["spec"])
+        self.scheduler.add(task_id, row["priority"], row["submitted_at"], self.cluster.request_for(spec))
+
+    def launcher_for(self, node: str) -> Launcher:
+        """Return the launcher that starts attempts on ``node``."""
+        return self.launchers[self.cluster.nodes[node].launcher]
+
+    # ---- result hooks -----------------------------------------------
+    def publish_state(self, task_id: int, old: State | None, new: State, reason: str,
+                      message: str | None = None, result: Any = None) -> None:
+        """Tell subscribers about a committed state change."""
+        event = {"type": "state", "task_id": task_id, "old": old and old.value, "new": new.value,
+                 "reason": str(reason), "message": message}
+        if result is not None:
+            event["result"] = result
+        self.events.publish(event)
+
+    async def on_metrics(self, run, metrics: list[dict[str, Any]]) -> None:
+        """New OAAS_METRIC lines of a running attempt (tuning hooks in here)."""
+
+    async def on_task_final(self, task_id: int, state: State, result: Any) -> None:
+        """A task reached a final state (tuning and callback hooks in here)."""
+
+    # ---- views ------------------------------------------------------
+    def summarize(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The list view of a task row."""
+        out = {k: row[k] for k in ("id", "name", "user", "state", "reason", "message", "priority",
+                                    "submitted_at", "started_at", "ended_at", "node_failures")}
+        out["attempt_count"] = row["attempts"]
+        out["result"] = None if row["result"] is None else json.loads(row["result"])
+        if row["state"] == State.PENDING:
+            waiting = self.scheduler.pending_reason(row["id"])
+            if waiting is not None:
+                out["reason"], out["nodes_rejected"] = waiting
+        return out
+
+    async def task_summary(self, task_id: int) -> dict[str, Any]:
+        """The list view of one task."""
+        return self.summarize(await self.store.get_task(task_id))
+
+    async def task_view(self, task_id: int) -> dict[str, Any]:
+        """The full view: spec, state, history, attempts, result, metrics."""
+        row = await self.store.get_task(task_id)
+        view = self.summarize(row)
+        view["spec"] = TaskSpec.model_validate_json(row["spec"]).model_dump(mode="json")
+        view["history"] = await self.store.task_events(task_id)
+        view["attempts"] = [_attempt_view(a) for a in await self.store.task_attempts(task_id)]
+        view["metrics"] = [{"at": m["at"], "attempt": m["attempt_id"], **m["data"]}
+                           for m in await self.store.task_metrics(task_id)]
+        return view
+
+    async def wait_first_attempt(self, task_id: int, timeout_s: float = 3600) -> int:
+        """For log follow: wait until the task has an attempt (or is final)."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            row = await self.store.get_task(task_id)
+            if row["attempts"] or is_final(row["state"]):
+                return row["attempts"]
+            await asyncio.sleep(0.2)
+        return 0
+
+    async def attempt_over(self, task_id: int, seq: int) -> bool:
+        """True once attempt ``seq`` of a task is no longer running."""
+        run = self.runner.runs.get(task_id)
+        return run is None or run.seq != seq
+
+
+def _attempt_view(a: dict[str, Any]) -> dict[str, Any]:
+    hosts = json.loads(a["placement"]).get("hosts", [])
+    return {"attempt": a["seq"], "node": a["node"], "hosts": hosts, "state": a["state"],
+            "started_at": a["started_at"], "ended_at": a["ended_at"], "exit_code": a["exit_code"],
+            "signal": a["signal"], "reason": a["reason"], "message": a["message"]}
+
+
+async def _daemon_ctx(app: web.Application):
+    from .api import DAEMON
+    daemon = app[DAEMON]
+    await daemon.start()
+    yield
+    await daemon.stop()
+
+
+def create_app(settings: Settings, daemon: Daemon | None = None) -> web.Application:
+    """The aiohttp application of one daemon."""
+    from .api import DAEMON, error_middleware, routes
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
+    app[DAEMON] = daemon or Daemon(settings)
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_daemon_ctx)
+    return app

@@ -1,0 +1,110 @@
+"""Domain errors, each carrying its HTTP status and a reason code.
+
+Errors are data until the edge: the API's error middleware turns them into
+``{"error": reason, "message": ..., "detail": [...]}`` bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OaasError(Exception):
+    """Base of every error oaasd reports on purpose."""
+
+    status = 500
+    reason = "InternalError"
+
+    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or []
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body the API answers with."""
+        return {"error": self.reason, "message": self.message, "detail": self.detail}
+
+
+class InvalidRequestError(OaasError):
+    """The request is malformed or names a bad field."""
+
+    status = 400
+    reason = "InvalidRequest"
+
+
+class ValidationFailedError(OaasError):
+    """The body parsed but its fields are invalid."""
+
+    status = 422
+    reason = "ValidationFailed"
+
+
+class UnsatisfiableError(OaasError):
+    """No node could ever hold the request, even in an empty cluster."""
+
+    status = 422
+    reason = "Unsatisfiable"
+
+
+class NotFoundError(OaasError):
+    """The named task, node or tuning does not exist."""
+
+    status = 404
+    reason = "NotFound"
+
+
+class ConflictError(OaasError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    reason = "Conflict"
+
+
+class UnauthorizedError(OaasError):
+    """No valid token was given."""
+
+    status = 401
+    reason = "Unauthorized"
+
+
+class ForbiddenError(OaasError):
+    """The token is valid but does not allow this."""
+
+    status = 403
+    reason = "Forbidden"
+
+
+class TooLargeError(OaasError):
+    """The request body is larger than allowed."""
+
+    status = 413
+    reason = "TooLarge"
+
+
+class RateLimitedError(OaasError):
+    """The user exceeded a configured limit."""
+
+    status = 429
+    reason = "RateLimited"
+
+
+class IllegalTransitionError(OaasError):
+    """A state change the transition table forbids: a bug, never user input."""
+
+    status = 500
+    reason = "IllegalTransition"
+
+
+class ConfigError(OaasError):
+    """The configuration file is invalid; names the key."""
+
+    reason = "ConfigError"
+
+
+def pydantic_detail(exc: Any) -> list[dict[str, Any]]:
+    """Turn a pydantic ValidationError into detail entries naming each field."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        out.append({"field": loc, "problem": err.get("msg", "invalid"), "type": err.get("type")})
+    return out

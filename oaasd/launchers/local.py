@@ -1,0 +1,116 @@
+"""Local launcher: attempts run as process groups on the head node itself.
+
+stdout and stderr go straight into the attempt's log files (not through a
+pipe to the daemon), so a task outlives a daemon crash without SIGPIPE and a
+restarted daemon picks its output up again. Exits are awaited through a
+pidfd registered with the event loop: no thread and no polling, and the same
+path serves children of this daemon and processes adopted after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from ..seams import Exit, LaunchJob, Locator
+from .wrap import exit_from_status, read_exit_file, wrap_argv
+
+
+def process_start_time(pid: int) -> float | None:
+    """Return the kernel's start time of ``pid``, or None if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+async def wait_pidfd(pid: int) -> None:
+    """Return once process ``pid`` has exited (pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class LocalHandle:
+    """A local attempt: the wrapper process leading its own process group."""
+
+    def __init__(self, job: LaunchJob, locator: Locator, popen: subprocess.Popen | None):
+        self.job = job
+        self.locator = locator
+        self._popen = popen
+
+    async def wait(self) -> Exit:
+        """Wait for the group leader, reap it, then clear the rest of its group."""
+        pid = self.locator.pid
+        await wait_pidfd(pid)
+        status = self._popen.wait() if self._popen is not None else None
+        kill_group(pid, signal.SIGKILL)  # nothing of the attempt outlives it
+        recorded = read_exit_file(self.job.exit_path)
+        if recorded is not None:
+            return recorded
+        if status is not None:
+            return exit_from_status(status)
+        return Exit(exit_code=None, lost=True, reason="process ended while the daemon was down, no exit record")
+
+    async def kill(self, grace_s: float) -> None:
+        """SIGTERM the group, SIGKILL whatever is left after ``grace_s``."""
+        pid = self.locator.pid
+        if not kill_group(pid, signal.SIGTERM):
+            return
+        try:
+            await asyncio.wait_for(wait_pidfd(pid), grace_s)
+        except asyncio.TimeoutError:
+            pass
+        kill_group(pid, signal.SIGKILL)
+
+
+class LocalLauncher:
+    """Runs attempts with ``subprocess.Popen`` in a new session."""
+
+    def __init__(self, base_env: dict[str, str] | None = None):
+        self.base_env = dict(os.environ if base_env is None else base_env)
+
+    async def start(self, job: LaunchJob) -> LocalHandle:
+        """Start the attempt; argv is exec'd without a shell."""
+        env = {**self.base_env, **job.env, "OAAS_EXIT_FILE": str(job.exit_path)}
+        with open(job.stdout_path, "ab") as out, open(job.stderr_path, "ab") as err:
+            popen = subprocess.Popen(
+                wrap_argv(list(job.argv)), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                cwd=job.workdir or None, env=env, start_new_session=True, close_fds=True,
+            )
+        started = process_start_time(popen.pid) or 0.0
+        return LocalHandle(job, Locator(pid=popen.pid, start_time=started), popen)
+
+    async def adopt(self, job: LaunchJob, locator: Locator) -> LocalHandle | None:
+        """Reattach when the pid still names the same process (start time matches)."""
+        started = process_start_time(locator.pid)
+        if started is None or abs(started - locator.start_time) > 0.05:
+            return None
+        return LocalHandle(job, locator, None)
+
+    async def close(self) -> None:
+        """Nothing pooled locally."""
+

@@ -1,0 +1,260 @@
+"""Launching and result reporting: one coroutine per running attempt.
+
+Each attempt's coroutine starts (or re-adopts) the process through its
+node's Launcher, tails the head-node log files for protocol lines, enforces
+the time limit, kills on cancel, and when the process ends turns its Exit
+and Report into one store verb: a final state, or back to PENDING when its
+node failed and retries remain. Resources are freed and the scheduler woken
+only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .models import TaskSpec
+from .protocol import LineTail, Report, parse_line, read_result_file
+from .seams import Exit, Handle, Host, LaunchJob, Locator
+from .states import Reason, State
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("oaasd.runner")
+
+TAIL_INTERVAL_S = (0.05, 0.5)  # tail poll starts fast and backs off while quiet
+
+
+@dataclass
+class Run:
+    """The live part of one running attempt."""
+
+    task_id: int
+    attempt_id: int
+    seq: int
+    node: str
+    placement: dict[str, Any]
+    spec: TaskSpec
+    job: LaunchJob
+    handle: Handle | None = None
+    cancel_reason: str | None = None
+    timed_out: bool = False
+    report: Report = field(default_factory=Report)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    skip_metrics: int = 0
+
+
+def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_dir: Path,
+              hosts: list[Host]) -> LaunchJob:
+    """Assemble the argv, environment and paths of one attempt."""
+    if spec.script is not None:
+        script = attempt_dir / "script.sh"
+        script.write_text(spec.script)
+        argv = ["/bin/sh", str(script)]
+    else:
+        argv = list(spec.command)
+    env = {
+        **spec.env,
+        "OAAS_TASK_ID": str(task_id),
+        "OAAS_ATTEMPT": str(seq),
+        "OAAS_NODE": hosts[0].node,
+        "OAAS_WORKERS": str(spec.workers),
+        "OAAS_RESULT_FILE": str(attempt_dir / "result.json"),
+    }
+    if spec.workers > 1:
+        env["OAAS_HOSTFILE"] = str(attempt_dir / "hostfile")
+    trial = spec.env.get("OAAS_TRIAL_CONFIG")
+    if trial is not None:
+        env["OAAS_TRIAL_CONFIG"] = trial
+    return LaunchJob(task_id=task_id, attempt_id=attempt_id, argv=argv, env=env, workdir=spec.workdir,
+                     attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers)
+
+
+class Runner:
+    """Owns every running attempt of the daemon."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self.runs: dict[int, Run] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def attempt_dir(self, task_id: int, seq: int) -> Path:
+        """Return the head-node directory of one attempt."""
+        return self.d.state_dir / "attempts" / str(task_id) / str(seq)
+
+    # ---- start ------------------------------------------------------
+    async def launch(self, task_id: int, spec: TaskSpec, node: str, placement: dict[str, Any],
+                     hosts: list[Host]) -> None:
+        """Commit the attempt (PENDING -> RUNNING), then start its process."""
+        attempt_id, seq = await self.d.store.start_attempt(task_id, node, placement)
+        self.d.publish_state(task_id, State.PENDING, State.RUNNING, Reason.PLACED)
+        adir = self.attempt_dir(task_id, seq)
+        adir.mkdir(parents=True, exist_ok=True)
+        job = build_job(spec, task_id, attempt_id, seq, adir, hosts)
+        run = Run(task_id, attempt_id, seq, node, placement, spec, job)
+        self.runs[task_id] = run
+        try:
+            run.handle = await self.d.launcher_for(node).start(job)
+        except Exception as exc:  # a launch that cannot start ends the attempt, never the loop
+            log.warning("task %d: launch on %s failed: %s", task_id, node, exc)
+            await self._finish(run, Exit(exit_code=None, lost=True, reason=f"launch failed: {exc}"),
+                               launch_failed=True)
+            return
+        loc = run.handle.locator
+        (adir / "locator.json").write_text(json.dumps({"pid": loc.pid, "start_time": loc.start_time, **loc.extra}))
+        await self.d.store.set_locator(attempt_id, {"pid": loc.pid, "start_time": loc.start_time, **loc.extra})
+        self._spawn(self._watch(run), f"attempt-{attempt_id}")
+
+    async def adopt(self, row: dict[str, Any], hosts: list[Host]) -> bool:
+        """Reattach to an attempt found RUNNING at start; False when it is gone."""
+        spec = TaskSpec.model_validate_json(row["spec"])
+        adir = self.attempt_dir(row["task_id"], row["seq"])
+        job = build_job(spec, row["task_id"], row["id"], row["seq"], adir, hosts)
+        run = Run(row["task_id"], row["id"], row["seq"], row["node"], json.loads(row["placement"]), spec, job)
+        self.runs[run.task_id] = run
+        loc = json.loads(row["locator"]) if row["locator"] else _read_locator(adir)
+        handle = None
+        if loc is not None:
+            locator = Locator(pid=loc.pop("pid"), start_time=loc.pop("start_time"), extra=loc)
+            try:
+                handle = await self.d.launcher_for(run.node).adopt(job, locator)
+            except Exception as exc:
+                log.warning("task %d: adopt on %s failed: %s", run.task_id, run.node, exc)
+        if handle is None:
+            await self._finish(run, Exit(exit_code=None, lost=True,
+                                         reason="process not found after daemon restart"))
+            return False
+        run.handle = handle
+        run.skip_metrics = await self.d.store.count_metrics(run.attempt_id)
+        self._spawn(self._watch(run), f"attempt-{run.attempt_id}")
+        log.info("task %d: re-adopted attempt %d (pid %d) on %s", run.task_id, run.attempt_id,
+                 handle.locator.pid, run.node)
+        return True
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.d.fatal(f"{task.get_name()} died: {task.exception()!r}")
+
+    # ---- watch ------------------------------------------------------
+    async def _watch(self, run: Run) -> None:
+        tail = LineTail(run.job.stdout_path)
+        waiter = asyncio.ensure_future(run.handle.wait())
+        limit = run.spec.time_limit_s
+        deadline = None if limit is None else self._started_at(run) + limit
+        interval = TAIL_INTERVAL_S[0]
+        try:
+            while not waiter.done():
+                timeout = interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
+                await asyncio.wait([waiter], timeout=timeout)
+                got = await self._consume(run, tail.read_lines())
+                interval = TAIL_INTERVAL_S[0] if got else min(interval * 2, TAIL_INTERVAL_S[1])
+                if deadline is not None and not waiter.done() and time.time() >= deadline and not run.timed_out:
+                    run.timed_out = True
+                    self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
+            exit_ = waiter.result()
+        except asyncio.CancelledError:
+            waiter.cancel()  # daemon shutdown: leave the process to be re-adopted
+            raise
+        await self._consume(run, tail.read_lines(final=True))
+        read_result_file(run.job.result_path, run.report)
+        await self._finish(run, exit_)
+
+    def _started_at(self, run: Run) -> float:
+        started = run.handle.locator.start_time if run.handle else 0.0
+        return started or time.time()
+
+    async def _consume(self, run: Run, lines: list[bytes]) -> int:
+        new = []
+        for line in lines:
+            metric = parse_line(line, run.report)
+            if metric is None:
+                continue
+            if run.skip_metrics:
+                run.skip_metrics -= 1
+                continue
+            new.append(metric)
+        if new:
+            now = time.time()
+            await self.d.store.add_metrics([(run.task_id, run.attempt_id, now, m) for m in new])
+            for m in new:
+                self.d.events.publish({"type": "metric", "task_id": run.task_id, "data": m})
+            await self.d.on_metrics(run, new)
+        return len(lines)
+
+    # ---- finish -----------------------------------------------------
+    def classify(self, run: Run, exit_: Exit, node_failures: int) -> tuple[State, State, str, str | None]:
+        """Return (attempt state, task state, reason, message) for an ended attempt."""
+        if run.cancel_reason is not None:
+            return State.CANCELLED, State.CANCELLED, run.cancel_reason, None
+        if run.timed_out:
+            return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
+        if exit_.lost:
+            retry = node_failures < run.spec.max_retries
+            task_state = State.PENDING if retry else State.NODE_FAIL
+            reason = Reason.REQUEUED if retry else Reason.NODE_FAIL
+            return State.NODE_FAIL, task_state, reason, exit_.reason
+        if exit_.exit_code == 0:
+            if run.report.result is not None or not run.spec.require_result:
+                return State.COMPLETED, State.COMPLETED, Reason.EXITED, None
+            problems = "; ".join(run.report.problems[-3:])
+            return State.FAILED, State.FAILED, Reason.NO_RESULT, problems or "exit 0 without OAAS_RESULT"
+        what = f"signal {exit_.signal}" if exit_.signal else f"exit code {exit_.exit_code}"
+        return State.FAILED, State.FAILED, Reason.NON_ZERO_EXIT, what
+
+    async def _finish(self, run: Run, exit_: Exit, launch_failed: bool = False) -> None:
+        row = await self.d.store.get_task(run.task_id)
+        attempt_state, task_state, reason, message = self.classify(run, exit_, row["node_failures"])
+        if launch_failed and task_state == State.NODE_FAIL:
+            reason = Reason.LAUNCH_FAILED
+        result = run.report.result
+        if run.report.problems and attempt_state != State.COMPLETED and message is None:
+            message = "; ".join(run.report.problems[-3:])
+        await self.d.store.finish_attempt(run.attempt_id, run.task_id, attempt_state, task_state, reason,
+                                          message, exit_code=exit_.exit_code, signal=exit_.signal,
+                                          result=result)
+        self.runs.pop(run.task_id, None)
+        run.done.set()
+        self.d.release(run.task_id, run.node, run.placement)
+        self.d.publish_state(run.task_id, State.RUNNING, task_state, reason, message, result=result)
+        if task_state == State.PENDING:
+            await self.d.requeue(run.task_id)
+        else:
+            await self.d.on_task_final(run.task_id, task_state, result)
+        self.d.wake_scheduler()
+
+    # ---- cancel and stop --------------------------------------------
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> bool:
+        """Kill a running task's attempt; False if it is not running here."""
+        run = self.runs.get(task_id)
+        if run is None or run.handle is None:
+            return False
+        if run.cancel_reason is None:
+            run.cancel_reason = reason
+            self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
+        return True
+
+    async def stop(self) -> None:
+        """Daemon shutdown: stop watching, leave every process running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _read_locator(adir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((adir / "locator.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+

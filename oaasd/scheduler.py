@@ -1,0 +1,118 @@
+"""The scheduling loop: woken by events, orders the queue, places, launches.
+
+The pending queue lives in memory as compact entries (id, priority, the
+placement request), rebuilt from the store at start; specs are read from
+the store only for the tasks a pass actually places. A pass works on a
+copy of the free arrays and subtracts each placement before the next; the
+real arrays are reserved before the launch is awaited, so no second pass
+can hand out the same resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import placement as pl
+from .states import Reason
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("oaasd.scheduler")
+
+
+@dataclass(order=True, slots=True)
+class Pending:
+    """One queued task, ordered by priority (high first) then id."""
+
+    key: tuple[int, int]
+    task_id: int = field(compare=False)
+    submitted_at: float = field(compare=False)
+    request: pl.Request = field(compare=False)
+
+
+class Scheduler:
+    """Places pending tasks whenever something could have changed."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self.queue: list[Pending] = []
+        self._ids: dict[int, Pending] = {}
+        self.reasons: dict[int, tuple[str, dict[str, int]]] = {}
+        self._wake = asyncio.Event()
+        self.last_pass_s = 0.0
+        self.passes = 0
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def add(self, task_id: int, priority: int, submitted_at: float, request: pl.Request) -> None:
+        """Queue a task (at start, on submit, on requeue)."""
+        if task_id in self._ids:
+            return
+        entry = Pending((-priority, task_id), task_id, submitted_at, request)
+        bisect.insort(self.queue, entry)
+        self._ids[task_id] = entry
+        self.wake()
+
+    def discard(self, task_id: int) -> bool:
+        """Drop a task from the queue (cancelled); False if it was not queued."""
+        entry = self._ids.pop(task_id, None)
+        if entry is None:
+            return False
+        i = bisect.bisect_left(self.queue, entry)
+        if i < len(self.queue) and self.queue[i] is entry:
+            del self.queue[i]
+        else:
+            self.queue.remove(entry)
+        self.reasons.pop(task_id, None)
+        return True
+
+    def wake(self) -> None:
+        """Ask for a pass soon (coalesces many wake-ups into one pass)."""
+        self._wake.set()
+
+    def pending_reason(self, task_id: int) -> tuple[str, dict[str, int]] | None:
+        """Why a queued task waits, with the count of nodes each check rejected."""
+        if task_id not in self._ids:
+            return None
+        return self.reasons.get(task_id, (Reason.PRIORITY.value, {}))
+
+    async def run(self) -> None:
+        """The loop: wait for a wake-up, run one pass, repeat."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.run_once()
+
+    async def run_once(self) -> int:
+        """One pass over the head of the queue; returns how many started."""
+        started = time.perf_counter()
+        cluster = self.d.cluster
+        table = cluster.table.copy()
+        chosen: list[tuple[Pending, Any]] = []
+        limit = self.d.settings.scheduler.max_pass
+        for entry in self.queue[:limit]:
+            got = pl.place(table, entry.request, cluster.fit, cluster.weights)
+            if isinstance(got, pl.Refusal):
+                self.reasons[entry.task_id] = (Reason.RESOURCES.value, dict(got.counts))
+                if not table.schedulable.any():
+                    break
+                continue
+            pl.reserve(table, entry.request, got)
+            chosen.append((entry, got))
+        for entry, placed in chosen:
+            self.discard(entry.task_id)
+            cluster.reserve(entry.task_id, entry.request, placed)
+        self.last_pass_s = time.perf_counter() - started
+        self.passes += 1
+        if chosen:
+            for entry, placed in chosen:
+                self.d.dispatch(entry.task_id, entry.request, placed)
+        return len(chosen)

@@ -1,0 +1,389 @@
+"""The SQLite store: the only durable state, and all of oaasd's SQL.
+
+Guarantees:
+- One writer connection fed by a queue. Every write is an *op* the writer
+  runs inside one transaction together with whatever other ops are queued
+  at that moment (group commit): many concurrent submissions share one
+  transaction and one fsync. An op's future resolves only after COMMIT, so
+  a 201 is never answered for a task that a crash could lose
+  (``synchronous=FULL`` survives power loss, ``NORMAL`` a daemon crash).
+- Every task state change goes through ``_transition``: it checks the
+  transition table, updates by compare-and-set (``WHERE id=? AND state=?``,
+  exactly one row) and a trigger appends the state event in the same
+  transaction. An op that raises leaves no partial write: the batch is
+  rolled back and its other ops are replayed one transaction each.
+- Rows of ``events`` and ``metrics`` are only ever appended; a task in a
+  final state is never updated again.
+- Reads use a second connection (WAL lets them run beside the writer) and
+  see only committed data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiosqlite
+
+from .errors import ConflictError, NotFoundError
+from .states import Reason, State, check_transition
+
+log = logging.getLogger("oaasd.store")
+
+Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+MIGRATIONS: list[str] = [
+    # 1: tasks, their state events, attempts, metrics, nodes.
+    """
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT NOT NULL, message TEXT, state_at REAL NOT NULL,
+        priority INTEGER NOT NULL, submitted_at REAL NOT NULL,
+        started_at REAL, ended_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0, node_failures INTEGER NOT NULL DEFAULT 0,
+        idempotency_key TEXT UNIQUE, parent_id INTEGER,
+        spec TEXT NOT NULL, result TEXT
+    ) STRICT;
+    CREATE INDEX tasks_queue ON tasks(state, priority DESC, id);
+    CREATE INDEX tasks_state_id ON tasks(state, id);
+    CREATE INDEX tasks_user ON tasks(user, id);
+    CREATE INDEX tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, at REAL NOT NULL,
+        old TEXT, new TEXT NOT NULL, reason TEXT NOT NULL, message TEXT
+    ) STRICT;
+    CREATE INDEX events_task ON events(task_id, id);
+    CREATE TRIGGER tasks_insert_event AFTER INSERT ON tasks BEGIN
+        INSERT INTO events(task_id, at, old, new, reason, message)
+        VALUES (NEW.id, NEW.state_at, NULL, NEW.state, NEW.reason, NEW.message);
+    END;
+    CREATE TRIGGER tasks_state_event AFTER UPDATE OF state_at ON tasks BEGIN
+        INSERT INTO events(task_id, at, old, new, reason, message)
+        VALUES (NEW.id, NEW.state_at, OLD.state, NEW.state, NEW.reason, NEW.message);
+    END;
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+        node TEXT NOT NULL, placement TEXT NOT NULL, state TEXT NOT NULL,
+        started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER, signal TEXT,
+        reason TEXT, message TEXT, locator TEXT
+    ) STRICT;
+    CREATE INDEX attempts_task ON attempts(task_id, seq);
+    CREATE INDEX attempts_running ON attempts(state) WHERE state = 'RUNNING';
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,
+        at REAL NOT NULL, data TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX metrics_task ON metrics(task_id, id);
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY, config TEXT NOT NULL, source TEXT NOT NULL,
+        intent TEXT, reason TEXT, intent_user TEXT, intent_at REAL
+    ) STRICT;
+    """,
+]
+
+TASK_COLUMNS = ("id, name, user, state, reason, message, state_at, priority, submitted_at, "
+                "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result")
+ATTEMPT_COLUMNS = ("id, task_id, seq, node, placement, state, started_at, ended_at, "
+                   "exit_code, signal, reason, message, locator")
+
+
+@dataclass
+class NewTask:
+    """A validated submission, ready to insert."""
+
+    name: str
+    user: str
+    priority: int
+    spec: dict[str, Any]
+    idempotency_key: str | None = None
+    parent_id: int | None = None
+
+
+def _row_dict(cursor: aiosqlite.Cursor, row: tuple) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cursor.description, row)}
+
+
+class Store:
+    """Durable task state behind one writer with group commit."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL", max_batch: int = 1024):
+        self.path = path
+        self.synchronous = synchronous
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[Op | NewTask, asyncio.Future]] = asyncio.Queue()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self.commit_seconds: list[float] = []  # recent commit latencies, for /metrics
+
+    # ---- life cycle -------------------------------------------------
+    async def open(self) -> None:
+        """Open both connections, apply migrations, start the writer."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}", "foreign_keys=ON",
+                       "busy_timeout=5000"):
+            await self._writer.execute(f"PRAGMA {pragma}")
+        await self._migrate()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish queued writes, then close."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+
+    async def _migrate(self) -> None:
+        db = self._writer
+        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+            log.info("store migrated to schema version %d", number)
+
+    async def schema_version(self) -> int:
+        """Return the applied schema version."""
+        (version,) = await (await self._reader.execute("PRAGMA user_version")).fetchone()
+        return version
+
+    # ---- the writer -------------------------------------------------
+    def _submit_op(self, op: Op | NewTask) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return fut
+
+    async def write(self, op: Op) -> Any:
+        """Run ``op`` in the next group transaction; return after COMMIT."""
+        return await self._submit_op(op)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._run_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _run_batch(self, batch: list[tuple[Op | NewTask, asyncio.Future]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._transaction(batch)
+        except Exception as exc:
+            if self._writer.in_transaction:
+                await self._writer.execute("ROLLBACK")
+            if len(batch) == 1:
+                self._settle(batch[0][1], exc=exc)
+                return
+            for item in batch:  # isolate the failing op: one transaction each
+                await self._run_batch([item])
+            return
+        self.commit_seconds.append(time.perf_counter() - started)
+        del self.commit_seconds[:-1000]
+        for (_, fut), result in zip(batch, results):
+            self._settle(fut, result=result)
+
+    async def _transaction(self, batch) -> list[Any]:
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        new = [op for op, _ in batch if isinstance(op, NewTask)]
+        inserted = iter(await self._insert_tasks(db, new) if new else [])
+        results = []
+        for op, _ in batch:
+            results.append(next(inserted) if isinstance(op, NewTask) else await op(db))
+        await db.execute("COMMIT")
+        return results
+
+    @staticmethod
+    def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    # ---- submissions ------------------------------------------------
+    async def submit(self, task: NewTask) -> tuple[int, bool]:
+        """Insert a task as PENDING; return (id, created). Idempotent by key."""
+        return await self._submit_op(task)
+
+    async def _insert_tasks(self, db: aiosqlite.Connection, new: list[NewTask]) -> list[tuple[int, bool]]:
+        """Insert a batch with one executemany; ids are assigned here (one writer)."""
+        keys = [t.idempotency_key for t in new if t.idempotency_key]
+        known: dict[str, int] = {}
+        if keys:
+            marks = ",".join("?" * len(keys))
+            cur = await db.execute(f"SELECT idempotency_key, id FROM tasks WHERE idempotency_key IN ({marks})", keys)
+            known = dict(await cur.fetchall())
+        (next_id,) = await (await db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks")).fetchone()
+        now, rows, out = time.time(), [], []
+        for t in new:
+            if t.idempotency_key and t.idempotency_key in known:
+                out.append((known[t.idempotency_key], False))
+                continue
+            if t.idempotency_key:
+                known[t.idempotency_key] = next_id
+            rows.append((next_id, t.name, t.user, State.PENDING.value, Reason.SUBMITTED.value, now,
+                         t.priority, now, t.idempotency_key, t.parent_id, json.dumps(t.spec)))
+            out.append((next_id, True))
+            next_id += 1
+        await db.executemany(
+            "INSERT INTO tasks (id, name, user, state, reason, state_at, priority, submitted_at, "
+            "idempotency_key, parent_id, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return out
+
+    # ---- state changes ----------------------------------------------
+    @staticmethod
+    async def _transition(db: aiosqlite.Connection, task_id: int, old: State, new: State,
+                          reason: str, message: str | None = None, **fields: Any) -> None:
+        """The one verb that changes a task's state (checked, CAS, evented)."""
+        check_transition(old, new)
+        sets = ["state=?", "reason=?", "message=?", "state_at=?"] + [f"{k}=?" for k in fields]
+        params = [new.value, reason, message, time.time(), *fields.values(), task_id, old.value]
+        cur = await db.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE id=? AND state=?", params)
+        if cur.rowcount != 1:
+            raise ConflictError(f"task {task_id} is not {old.value}")
+
+    async def cancel_pending(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER,
+                             message: str | None = None) -> None:
+        """PENDING -> CANCELLED; ConflictError when it is no longer pending."""
+        async def op(db):
+            await self._transition(db, task_id, State.PENDING, State.CANCELLED, reason, message,
+                                   ended_at=time.time())
+        await self.write(op)
+
+    async def start_attempt(self, task_id: int, node: str, placement: dict[str, Any]) -> tuple[int, int]:
+        """PENDING -> RUNNING and the attempt row (its reservation) in one transaction.
+
+        Returns (attempt_id, seq).
+        """
+        async def op(db):
+            now = time.time()
+            cur = await db.execute("SELECT attempts FROM tasks WHERE id=?", (task_id,))
+            (seq,) = await cur.fetchone()
+            await self._transition(db, task_id, State.PENDING, State.RUNNING, Reason.PLACED,
+                                   f"on {node}", attempts=seq + 1, started_at=now)
+            cur = await db.execute(
+                "INSERT INTO attempts (task_id, seq, node, placement, state, started_at) VALUES (?,?,?,?,?,?)",
+                (task_id, seq + 1, node, json.dumps(placement), State.RUNNING.value, now))
+            return cur.lastrowid, seq + 1
+        return await self.write(op)
+
+    async def set_locator(self, attempt_id: int, locator: dict[str, Any]) -> None:
+        """Record where a running attempt can be found again after a restart."""
+        async def op(db):
+            await db.execute("UPDATE attempts SET locator=? WHERE id=?", (json.dumps(locator), attempt_id))
+        await self.write(op)
+
+    async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: State,
+                             task_state: State, reason: str, message: str | None = None, *,
+                             exit_code: int | None = None, signal: str | None = None,
+                             result: Any = None) -> None:
+        """End an attempt and move its task (final, or back to PENDING to retry)."""
+        async def op(db):
+            now = time.time()
+            cur = await db.execute(
+                "UPDATE attempts SET state=?, ended_at=?, exit_code=?, signal=?, reason=?, message=? "
+                "WHERE id=? AND state='RUNNING'",
+                (attempt_state.value, now, exit_code, signal, reason, message, attempt_id))
+            if cur.rowcount != 1:
+                raise ConflictError(f"attempt {attempt_id} is not RUNNING")
+            fields: dict[str, Any] = {}
+            if task_state != State.PENDING:
+                fields = {"ended_at": now, "result": None if result is None else json.dumps(result)}
+            await self._transition(db, task_id, State.RUNNING, task_state, reason, message, **fields)
+            if attempt_state == State.NODE_FAIL:
+                await db.execute("UPDATE tasks SET node_failures=node_failures+1 WHERE id=?", (task_id,))
+        await self.write(op)
+
+    async def add_metrics(self, rows: list[tuple[int, int, float, dict]]) -> None:
+        """Append reported metrics: (task_id, attempt_id, at, data)."""
+        async def op(db):
+            await db.executemany("INSERT INTO metrics (task_id, attempt_id, at, data) VALUES (?,?,?,?)",
+                                 [(t, a, at, json.dumps(d)) for t, a, at, d in rows])
+        await self.write(op)
+
+    # ---- reads ------------------------------------------------------
+    async def _fetch(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
+        cur = await self._reader.execute(sql, params)
+        rows = await cur.fetchall()
+        return [_row_dict(cur, r) for r in rows]
+
+    async def get_task(self, task_id: int) -> dict[str, Any]:
+        """Return a task row, or raise NotFoundError."""
+        rows = await self._fetch(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"no task {task_id}", [{"field": "id", "problem": "unknown task id"}])
+        return rows[0]
+
+    async def task_events(self, task_id: int) -> list[dict[str, Any]]:
+        """Return a task's state history, oldest first."""
+        return await self._fetch("SELECT at, old, new, reason, message FROM events WHERE task_id=? ORDER BY id",
+                                 (task_id,))
+
+    async def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
+        """Return a task's attempts, first first."""
+        return await self._fetch(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id=? ORDER BY seq",
+                                 (task_id,))
+
+    async def task_metrics(self, task_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Return the last ``limit`` metrics a task reported, oldest first."""
+        rows = await self._fetch("SELECT attempt_id, at, data FROM metrics WHERE task_id=? ORDER BY id DESC LIMIT ?",
+                                 (task_id, limit))
+        return [{**r, "data": json.loads(r["data"])} for r in reversed(rows)]
+
+    async def count_metrics(self, attempt_id: int) -> int:
+        """Return how many metrics an attempt has reported (to skip them on re-adoption)."""
+        cur = await self._reader.execute("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,))
+        return (await cur.fetchone())[0]
+
+    async def list_tasks(self, *, state: str | None = None, user: str | None = None,
+                         name: str | None = None, parent_id: int | None = None,
+                         before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Return tasks newest first, filtered, with ids below ``before``."""
+        where, params = [], []
+        for col, val in (("state", state), ("user", user), ("name", name), ("parent_id", parent_id)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        if before is not None:
+            where.append("id<?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return await self._fetch(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY id DESC LIMIT ?",
+                                 [*params, limit])
+
+    async def pending_queue(self) -> list[tuple]:
+        """Return (id, priority, submitted_at, spec_json) of every pending task, queue order."""
+        cur = await self._reader.execute(
+            "SELECT id, priority, submitted_at, spec FROM tasks WHERE state='PENDING' ORDER BY priority DESC, id")
+        return list(await cur.fetchall())
+
+    async def running_attempts(self) -> list[dict[str, Any]]:
+        """Return every attempt still RUNNING, with its task's spec."""
+        rows = await self._fetch(
+            f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec "
+            "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.state='RUNNING' ORDER BY a.id")
+        return rows
+
+    async def count_by_state(self) -> dict[str, int]:
+        """Return the number of tasks in each state."""
+        cur = await self._reader.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        return dict(await cur.fetchall())
+

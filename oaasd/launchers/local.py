@@ -24,7 +24,8 @@ from .wrap import exit_from_status, read_exit_file, wrap_argv
 def process_start_time(pid: int) -> float | None:
     """Return the kernel's start time of ``pid``, or None if it is gone."""
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return None
 

@@ -1,0 +1,152 @@
+"""Test helpers: the real daemon as a subprocess on loopback, a small HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One real oaasd process with its own state dir and config."""
+
+    def __init__(self, tmp: Path, config: str = "", port: int | None = None):
+        self.dir = tmp
+        self.port = port or free_port()
+        self.state_dir = tmp / "var"
+        self.config_path = tmp / "oaasd.toml"
+        self.config_body = config
+        self.proc: subprocess.Popen | None = None
+        self.log_path = tmp / "daemon.log"
+
+    def write_config(self, body: str | None = None) -> None:
+        """(Re)write the config file: server section plus ``body``."""
+        if body is not None:
+            self.config_body = body
+        server = (f'[server]\nlisten = "127.0.0.1:{self.port}"\nstate_dir = "{self.state_dir}"\n'
+                  f"kill_grace_s = 1.0\n")
+        self.config_path.write_text(server + self.config_body)
+
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> "Daemon":
+        """Start and wait until /healthz answers."""
+        self.write_config()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oaasd", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=log, cwd=self.dir, env={**os.environ, **(env or {})})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.request("GET", "/healthz", timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the daemon and wait for it to exit; return its code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+        """One HTTP request; returns (status, decoded JSON or text)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        try:
+            conn.request(method, path, body=data, headers=headers or {})
+            resp = conn.getresponse()
+            payload = resp.read()
+            self.last_headers = dict(resp.getheaders())
+        finally:
+            conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        return resp.status, json.loads(payload) if "json" in ctype else payload.decode(errors="replace")
+
+    def submit(self, spec: dict[str, Any]) -> int:
+        """Submit a task and return its id (asserting 201)."""
+        status, body = self.request("POST", "/v1/tasks", spec)
+        assert status == 201, body
+        return body["id"]
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        status, body = self.request("GET", f"/v1/tasks/{task_id}")
+        assert status == 200, body
+        return body
+
+    def wait(self, task_id: int, states: set[str] | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Poll until the task is in one of ``states`` (default: any final)."""
+        states = states or FINAL
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            view = self.task(task_id)
+            if view["state"] in states:
+                return view
+            time.sleep(0.05)
+        raise AssertionError(f"task {task_id} stuck in {view['state']}: {view}")
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Start daemons on demand; every one is stopped (SIGKILL if needed) after the test."""
+    made: list[Daemon] = []
+
+    def make(config: str = "", start: bool = True, sub: str = "d") -> Daemon:
+        d = Daemon(tmp_path / f"{sub}{len(made)}", config)
+        d.dir.mkdir(parents=True, exist_ok=True)
+        made.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in made:
+        try:
+            d.stop(signal.SIGTERM, timeout=10)
+        except subprocess.TimeoutExpired:
+            d.stop(signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_file(path: Path, timeout: float = 15) -> str:
+    """Wait for a file to exist with content; return it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")

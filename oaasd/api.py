@@ -96,8 +96,7 @@ def choice_param(request: web.Request, name: str, choices: tuple[str, ...], defa
 async def submit_task(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     spec = parse_model(TaskSpec, await read_body(request))
-    task_id, created = await d.submit(spec)
-    view = await d.task_summary(task_id)
+    task_id, created, view = await d.submit(spec)
     return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/tasks/{task_id}"})
 
 

@@ -86,8 +86,8 @@ class Daemon:
             self.scheduler.add(task_id, priority, submitted_at, request)
 
     # ---- intake -----------------------------------------------------
-    async def submit(self, spec: TaskSpec) -> tuple[int, bool]:
-        """Validate placement, commit, queue; return (id, created)."""
+    async def submit(self, spec: TaskSpec) -> tuple[int, bool, dict[str, Any]]:
+        """Validate placement, commit, queue; return (id, created, summary)."""
         request = self.cluster.request_for(spec)
         refusal = self.cluster.never_fits(request)
         if refusal is not None:
@@ -97,10 +97,11 @@ class Daemon:
                        idempotency_key=spec.idempotency_key)
         task_id, created = await self.store.submit(task)
         if created:
-            self.scheduler.add(task_id, spec.priority, time.time(), request)
+            self.scheduler.add(task_id, spec.priority, task.submitted_at, request)
             self.events.publish({"type": "state", "task_id": task_id, "old": None,
                                  "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
-        return task_id, created
+            return task_id, True, self.new_task_summary(task_id, spec, task.submitted_at)
+        return task_id, False, await self.task_summary(task_id)
 
     async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> None:
         """Cancel a pending task at once, or kill a running one."""
@@ -186,6 +187,14 @@ class Daemon:
             if waiting is not None:
                 out["reason"], out["nodes_rejected"] = waiting
         return out
+
+    def new_task_summary(self, task_id: int, spec: TaskSpec, submitted_at: float) -> dict[str, Any]:
+        """The list view of a task just committed, without reading it back."""
+        row = {"id": task_id, "name": spec.name, "user": spec.user, "state": State.PENDING.value,
+               "reason": Reason.SUBMITTED.value, "message": None, "priority": spec.priority,
+               "submitted_at": submitted_at, "started_at": None, "ended_at": None, "node_failures": 0,
+               "attempts": 0, "result": None}
+        return self.summarize(row)
 
     async def task_summary(self, task_id: int) -> dict[str, Any]:
         """The list view of one task."""

@@ -45,6 +45,9 @@ class Scheduler:
         self._ids: dict[int, Pending] = {}
         self.reasons: dict[int, tuple[str, dict[str, int]]] = {}
         self._wake = asyncio.Event()
+        self._changed = True  # resources or nodes changed since the last pass
+        self._fresh: list[Pending] = []  # queued since the last pass
+        self._refused: dict[tuple, dict[str, int]] = {}  # request shapes refused since the last change
         self.last_pass_s = 0.0
         self.passes = 0
 
@@ -59,7 +62,8 @@ class Scheduler:
         entry = Pending((-priority, task_id), task_id, submitted_at, request)
         bisect.insort(self.queue, entry)
         self._ids[task_id] = entry
-        self.wake()
+        self._fresh.append(entry)
+        self._wake.set()
 
     def discard(self, task_id: int) -> bool:
         """Drop a task from the queue (cancelled); False if it was not queued."""
@@ -75,7 +79,8 @@ class Scheduler:
         return True
 
     def wake(self) -> None:
-        """Ask for a pass soon (coalesces many wake-ups into one pass)."""
+        """Ask for a full pass soon: resources or nodes changed (wake-ups coalesce)."""
+        self._changed = True
         self._wake.set()
 
     def pending_reason(self, task_id: int) -> tuple[str, dict[str, int]] | None:
@@ -91,28 +96,51 @@ class Scheduler:
             self._wake.clear()
             await self.run_once()
 
+    def candidates(self) -> list[Pending]:
+        """The entries a pass should try, in queue order.
+
+        When nothing but new submissions happened since the last pass, every
+        older entry already failed against these same free arrays, so only
+        the new ones are tried; otherwise the head of the queue.
+        """
+        limit = self.d.settings.scheduler.max_pass
+        fresh, self._fresh = self._fresh, []
+        if self._changed:
+            self._changed = False
+            self._refused = {}
+            return self.queue[:limit]
+        return sorted(e for e in fresh if e.task_id in self._ids)[:limit]
+
     async def run_once(self) -> int:
-        """One pass over the head of the queue; returns how many started."""
+        """One pass over the candidates; returns how many started."""
         started = time.perf_counter()
         cluster = self.d.cluster
         table = cluster.table.copy()
         chosen: list[tuple[Pending, Any]] = []
-        limit = self.d.settings.scheduler.max_pass
-        for entry in self.queue[:limit]:
+        entries = self.candidates()  # may reset the refusal cache
+        refused = self._refused  # same request shape, same free arrays: same answer
+        for entry in entries:
+            shape = request_key(entry.request)
+            if shape in refused:
+                self.reasons[entry.task_id] = (Reason.RESOURCES.value, refused[shape])
+                continue
             got = pl.place(table, entry.request, cluster.fit, cluster.weights)
             if isinstance(got, pl.Refusal):
-                self.reasons[entry.task_id] = (Reason.RESOURCES.value, dict(got.counts))
-                if not table.schedulable.any():
-                    break
+                refused[shape] = dict(got.counts)
+                self.reasons[entry.task_id] = (Reason.RESOURCES.value, refused[shape])
                 continue
             pl.reserve(table, entry.request, got)
             chosen.append((entry, got))
         for entry, placed in chosen:
             self.discard(entry.task_id)
             cluster.reserve(entry.task_id, entry.request, placed)
+            self.d.dispatch(entry.task_id, entry.request, placed)
         self.last_pass_s = time.perf_counter() - started
         self.passes += 1
-        if chosen:
-            for entry, placed in chosen:
-                self.d.dispatch(entry.task_id, entry.request, placed)
         return len(chosen)
+
+
+def request_key(r: pl.Request) -> tuple:
+    """A hashable shape of a request: equal keys get equal placement answers."""
+    return (r.cpu_milli, r.memory_mb, r.gpus, r.cores, r.workers, tuple(sorted(r.labels.items())),
+            r.spread, r.exclusive)

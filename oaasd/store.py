@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -102,10 +103,7 @@ class NewTask:
     spec: dict[str, Any]
     idempotency_key: str | None = None
     parent_id: int | None = None
-
-
-def _row_dict(cursor: aiosqlite.Cursor, row: tuple) -> dict[str, Any]:
-    return {d[0]: v for d, v in zip(cursor.description, row)}
+    submitted_at: float = field(default_factory=time.time)
 
 
 class Store:
@@ -130,8 +128,12 @@ class Store:
                        "busy_timeout=5000"):
             await self._writer.execute(f"PRAGMA {pragma}")
         await self._migrate()
+        async with self._writer.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks") as cur:
+            (self._next_id,) = await cur.fetchone()
+        self._pending_next_id = self._next_id
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute_fetchall("PRAGMA busy_timeout=5000")
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
@@ -156,8 +158,7 @@ class Store:
 
     async def schema_version(self) -> int:
         """Return the applied schema version."""
-        (version,) = await (await self._reader.execute("PRAGMA user_version")).fetchone()
-        return version
+        return (await self._rows("PRAGMA user_version"))[0][0]
 
     # ---- the writer -------------------------------------------------
     def _submit_op(self, op: Op | NewTask) -> asyncio.Future:
@@ -201,12 +202,14 @@ class Store:
     async def _transaction(self, batch) -> list[Any]:
         db = self._writer
         await db.execute("BEGIN IMMEDIATE")
+        self._pending_next_id = self._next_id
         new = [op for op, _ in batch if isinstance(op, NewTask)]
         inserted = iter(await self._insert_tasks(db, new) if new else [])
         results = []
         for op, _ in batch:
             results.append(next(inserted) if isinstance(op, NewTask) else await op(db))
         await db.execute("COMMIT")
+        self._next_id = max(self._next_id, self._pending_next_id)
         return results
 
     @staticmethod
@@ -231,21 +234,22 @@ class Store:
             marks = ",".join("?" * len(keys))
             cur = await db.execute(f"SELECT idempotency_key, id FROM tasks WHERE idempotency_key IN ({marks})", keys)
             known = dict(await cur.fetchall())
-        (next_id,) = await (await db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks")).fetchone()
-        now, rows, out = time.time(), [], []
+        next_id = self._next_id
+        rows, out = [], []
         for t in new:
             if t.idempotency_key and t.idempotency_key in known:
                 out.append((known[t.idempotency_key], False))
                 continue
             if t.idempotency_key:
                 known[t.idempotency_key] = next_id
-            rows.append((next_id, t.name, t.user, State.PENDING.value, Reason.SUBMITTED.value, now,
-                         t.priority, now, t.idempotency_key, t.parent_id, json.dumps(t.spec)))
+            rows.append((next_id, t.name, t.user, State.PENDING.value, Reason.SUBMITTED.value, t.submitted_at,
+                         t.priority, t.submitted_at, t.idempotency_key, t.parent_id, json.dumps(t.spec)))
             out.append((next_id, True))
             next_id += 1
         await db.executemany(
             "INSERT INTO tasks (id, name, user, state, reason, state_at, priority, submitted_at, "
             "idempotency_key, parent_id, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        self._pending_next_id = next_id  # taken only if the batch commits
         return out
 
     # ---- state changes ----------------------------------------------
@@ -275,8 +279,8 @@ class Store:
         """
         async def op(db):
             now = time.time()
-            cur = await db.execute("SELECT attempts FROM tasks WHERE id=?", (task_id,))
-            (seq,) = await cur.fetchone()
+            async with db.execute("SELECT attempts FROM tasks WHERE id=?", (task_id,)) as cur:
+                (seq,) = await cur.fetchone()
             await self._transition(db, task_id, State.PENDING, State.RUNNING, Reason.PLACED,
                                    f"on {node}", attempts=seq + 1, started_at=now)
             cur = await db.execute(
@@ -320,10 +324,14 @@ class Store:
         await self.write(op)
 
     # ---- reads ------------------------------------------------------
+    async def _rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        # One hop to the reader thread runs the statement to completion, so
+        # concurrent reads never interleave on the connection: an unfinished
+        # statement would hold an old WAL snapshot open for the next one.
+        return list(await self._reader.execute_fetchall(sql, params))
+
     async def _fetch(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
-        cur = await self._reader.execute(sql, params)
-        rows = await cur.fetchall()
-        return [_row_dict(cur, r) for r in rows]
+        return [dict(r) for r in await self._rows(sql, params)]
 
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """Return a task row, or raise NotFoundError."""
@@ -350,8 +358,7 @@ class Store:
 
     async def count_metrics(self, attempt_id: int) -> int:
         """Return how many metrics an attempt has reported (to skip them on re-adoption)."""
-        cur = await self._reader.execute("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,))
-        return (await cur.fetchone())[0]
+        return (await self._rows("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,)))[0][0]
 
     async def list_tasks(self, *, state: str | None = None, user: str | None = None,
                          name: str | None = None, parent_id: int | None = None,
@@ -371,9 +378,8 @@ class Store:
 
     async def pending_queue(self) -> list[tuple]:
         """Return (id, priority, submitted_at, spec_json) of every pending task, queue order."""
-        cur = await self._reader.execute(
+        return await self._rows(
             "SELECT id, priority, submitted_at, spec FROM tasks WHERE state='PENDING' ORDER BY priority DESC, id")
-        return list(await cur.fetchall())
 
     async def running_attempts(self) -> list[dict[str, Any]]:
         """Return every attempt still RUNNING, with its task's spec."""
@@ -384,6 +390,5 @@ class Store:
 
     async def count_by_state(self) -> dict[str, int]:
         """Return the number of tasks in each state."""
-        cur = await self._reader.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        return dict(await cur.fetchall())
+        return dict(await self._rows("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
 

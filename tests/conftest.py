@@ -36,6 +36,7 @@ class Daemon:
         self.config_path = tmp / "oaasd.toml"
         self.config_body = config
         self.proc: subprocess.Popen | None = None
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "daemon.log"
 
     def write_config(self, body: str | None = None) -> None:
@@ -131,6 +132,19 @@ def daemon_factory(tmp_path):
             d.stop(signal.SIGTERM, timeout=10)
         except subprocess.TimeoutExpired:
             d.stop(signal.SIGKILL)
+        kill_tasks_of(d.state_dir)
+
+
+def kill_tasks_of(state_dir: Path) -> None:
+    """Kill every task process a test daemon left running (they outlive it on purpose)."""
+    import psutil
+    mark = str(state_dir)
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("OAAS_EXIT_FILE", "").startswith(mark):
+                os.killpg(proc.pid, signal.SIGKILL) if os.getpgid(proc.pid) == proc.pid else proc.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,0 +1,157 @@
+"""Intake benchmarks of issue 2, against the real daemon on loopback.
+
+1. Durable submissions/s with 32 concurrent keep-alive clients (tasks stay
+   PENDING behind a blocker so only intake is measured), beside the raw
+   SQLite limit on the same disk: batched inserts of 100 rows per
+   transaction with the same synchronous setting, measured in the same run.
+2. Submit -> process start latency on an idle node (p50, p99).
+3. Daemon RSS with 100,000 pending tasks, live and after a restart.
+
+    .venv/bin/python bench/bench_intake.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import Daemon  # noqa: E402  (the same harness the tests use)
+
+BLOCKED = {"command": ["true"], "require_result": False, "resources": {"cpus": 1}}
+
+
+async def submit_many(port: int, total: int, clients: int) -> tuple[float, int]:
+    """Submit ``total`` tasks over ``clients`` keep-alive connections; return (seconds, 201s)."""
+    url = f"http://127.0.0.1:{port}/v1/tasks"
+    body = json.dumps(BLOCKED).encode()
+    ok = 0
+
+    async def client(session: aiohttp.ClientSession, n: int) -> None:
+        nonlocal ok
+        for _ in range(n):
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                text = await r.read()
+                ok += r.status == 201
+                if r.status != 201:
+                    print("unexpected", r.status, text[:300])
+
+    conn = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session, total // clients) for _ in range(clients)))
+        return time.perf_counter() - started, ok
+
+
+def raw_sqlite_rate(path: Path, rows: int, batch: int = 100) -> float:
+    """Rows/s of batched inserts into a tasks-like table, WAL + synchronous=FULL."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, user TEXT, state TEXT, reason TEXT,"
+               " state_at REAL, priority INTEGER, submitted_at REAL, spec TEXT)")
+    db.execute("CREATE INDEX t_q ON t(state, priority DESC, id)")
+    spec = json.dumps(BLOCKED)
+    started = time.perf_counter()
+    for start in range(0, rows, batch):
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO t (name, user, state, reason, state_at, priority, submitted_at, spec)"
+                       " VALUES ('t','u','PENDING','Submitted',?,0,?,?)",
+                       [(time.time(), time.time(), spec)] * batch)
+        db.execute("COMMIT")
+    rate = rows / (time.perf_counter() - started)
+    db.close()
+    return rate
+
+
+def blocked_daemon(tmp: Path) -> Daemon:
+    d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n')
+    d.start()
+    d.submit({"command": ["sleep", "3600"], "resources": {"cpus": 1}})
+    return d
+
+
+def bench_throughput(tmp: Path, total: int, runs: int) -> None:
+    total -= total % 32
+    rates, raws = [], []
+    for i in range(runs):
+        d = blocked_daemon(tmp / f"tp{i}")
+        try:
+            secs, ok = asyncio.run(submit_many(d.port, total, 32))
+        finally:
+            d.stop()
+        assert ok == total, f"only {ok} of {total} answered 201"
+        rates.append(total / secs)
+        raws.append(raw_sqlite_rate(tmp / f"raw{i}.sqlite3", total))
+    rate, raw = statistics.median(rates), statistics.median(raws)
+    print(f"durable submissions/s, 32 keep-alive clients, {total} per run, {runs} runs: "
+          f"median {rate:,.0f}/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(f"raw SQLite batched inserts (100/txn, WAL, synchronous=FULL), same disk: median {raw:,.0f} rows/s")
+    print(f"ratio daemon / raw SQLite: {rate / raw:.3f}")
+
+
+def bench_latency(tmp: Path, n: int) -> None:
+    d = Daemon(tmp / "lat")
+    d.start()
+    out = tmp / "lat" / "t.out"
+    lat = []
+    try:
+        for _ in range(n):
+            t0 = time.time()
+            tid = d.submit({"command": ["/bin/date", "+%s.%N"], "require_result": False})
+            d.wait(tid)
+            _, text = d.request("GET", f"/v1/tasks/{tid}/logs")
+            lat.append((float(text.strip()) - t0) * 1000)
+    finally:
+        d.stop()
+    lat.sort()
+    p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+    print(f"submit -> process start on an idle node, {n} tasks: p50 {statistics.median(lat):.1f} ms, "
+          f"p99 {p99:.1f} ms")
+
+
+def bench_rss(tmp: Path, pending: int) -> None:
+    d = blocked_daemon(tmp / "rss")
+    try:
+        secs, ok = asyncio.run(submit_many(d.port, pending, 32))
+        live = psutil.Process(d.proc.pid).memory_info().rss / 2**20
+        d.stop(signal.SIGKILL)
+        started = time.perf_counter()
+        d.start(timeout=300)
+        recover = time.perf_counter() - started
+        after = psutil.Process(d.proc.pid).memory_info().rss / 2**20
+        status, health = d.request("GET", "/healthz")
+    finally:
+        d.stop(signal.SIGKILL)
+    print(f"RSS with {ok:,} pending tasks: {live:.0f} MB live; after kill -9 and restart "
+          f"({recover:.1f} s to healthy, {health['pending']:,} queued): {after:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
+        tmp = Path(tmp)
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+        bench_throughput(tmp, 2000 if args.quick else 10000, 1 if args.quick else 3)
+        bench_latency(tmp, 20 if args.quick else 100)
+        bench_rss(tmp, 5000 if args.quick else 100_000)
+
+
+if __name__ == "__main__":
+    main()

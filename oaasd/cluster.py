@@ -68,6 +68,37 @@ class Cluster:
         """Refresh the schedulable mask after an intent or health change."""
         self.table.schedulable[:] = [self.schedulable(n) for n in self.table.names]
 
+    def add_node(self, cfg: NodeConfig) -> None:
+        """A node joins (config, API or reload); the table is rebuilt."""
+        self.nodes[cfg.name] = cfg
+        self.rebuild()
+
+    def remove_node(self, name: str) -> None:
+        """A node leaves; reservations on it are no longer applied."""
+        self.nodes.pop(name, None)
+        self.intents.pop(name, None)
+        self.health.pop(name, None)
+        self.rebuild()
+
+    def set_intent(self, name: str, intent: Intent | None) -> None:
+        """Store an admin's DRAIN/DOWN (None resumes)."""
+        if intent is None:
+            self.intents.pop(name, None)
+        else:
+            self.intents[name] = intent
+        self.set_schedulable()
+
+    def load_stored(self, rows: list[dict[str, Any]]) -> None:
+        """Apply the store's run-time node rows over the configured nodes."""
+        for row in rows:
+            if row["source"] == "api" and row["config"]:
+                self.nodes[row["name"]] = NodeConfig.model_validate(row["config"])
+            elif row["source"] == "deleted":
+                self.nodes.pop(row["name"], None)
+            if row["intent"] and row["name"] in self.nodes:
+                self.intents[row["name"]] = Intent(row["intent"], row["reason"], row["intent_user"], row["intent_at"])
+        self.rebuild()
+
     def reserve(self, task_id: int, request: pl.Request, placed: pl.Placement) -> None:
         """Take a placement's resources for a task."""
         pl.reserve(self.table, request, placed)

@@ -48,6 +48,7 @@ class Daemon:
         """Open the store, recover running and pending work, start the loops."""
         (self.state_dir / "attempts").mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        self.cluster.load_stored(await self.store.load_nodes())
         await self.recover()
         self._loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
         self._loop_task.add_done_callback(self._loop_died)
@@ -244,9 +245,11 @@ async def _daemon_ctx(app: web.Application):
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> web.Application:
     """The aiohttp application of one daemon."""
+    from . import nodes_api
     from .api import DAEMON, error_middleware, routes
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
     app[DAEMON] = daemon or Daemon(settings)
     app.add_routes(routes)
+    app.add_routes(nodes_api.routes)
     app.cleanup_ctx.append(_daemon_ctx)
     return app

@@ -44,6 +44,7 @@ class Run:
     job: LaunchJob
     handle: Handle | None = None
     cancel_reason: str | None = None
+    requeue_reason: str | None = None  # killed for its node's sake: back to PENDING
     timed_out: bool = False
     report: Report = field(default_factory=Report)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,7 +69,9 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
         "OAAS_RESULT_FILE": str(attempt_dir / "result.json"),
     }
     if spec.workers > 1:
-        env["OAAS_HOSTFILE"] = str(attempt_dir / "hostfile")
+        hostfile = attempt_dir / "hostfile"
+        hostfile.write_text("".join(f"{h.address} slots={h.slots}\n" for h in hosts))
+        env["OAAS_HOSTFILE"] = str(hostfile)
     trial = spec.env.get("OAAS_TRIAL_CONFIG")
     if trial is not None:
         env["OAAS_TRIAL_CONFIG"] = trial
@@ -198,6 +201,8 @@ class Runner:
         """Return (attempt state, task state, reason, message) for an ended attempt."""
         if run.cancel_reason is not None:
             return State.CANCELLED, State.CANCELLED, run.cancel_reason, None
+        if run.requeue_reason is not None:
+            return State.NODE_FAIL, State.PENDING, Reason.REQUEUED, run.requeue_reason
         if run.timed_out:
             return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
         if exit_.lost:
@@ -235,15 +240,23 @@ class Runner:
         self.d.wake_scheduler()
 
     # ---- cancel and stop --------------------------------------------
-    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> bool:
-        """Kill a running task's attempt; False if it is not running here."""
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER, requeue: bool = False) -> bool:
+        """Kill a running task's attempt: it ends CANCELLED, or back in the queue
+        when ``requeue`` (its node is being taken away). False if not running here."""
         run = self.runs.get(task_id)
         if run is None or run.handle is None:
             return False
-        if run.cancel_reason is None:
-            run.cancel_reason = reason
+        if run.cancel_reason is None and run.requeue_reason is None:
+            if requeue:
+                run.requeue_reason = reason
+            else:
+                run.cancel_reason = reason
             self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
         return True
+
+    def on_node(self, node: str) -> list[int]:
+        """Ids of the tasks with a running attempt on ``node`` (any of its hosts)."""
+        return [t for t, run in self.runs.items() if any(h.node == node for h in run.job.hosts)]
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching, leave every process running."""

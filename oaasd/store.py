@@ -32,60 +32,12 @@ from typing import Any, Awaitable, Callable
 import aiosqlite
 
 from .errors import ConflictError, NotFoundError
+from .schema import MIGRATIONS
 from .states import Reason, State, check_transition
 
 log = logging.getLogger("oaasd.store")
 
 Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
-
-MIGRATIONS: list[str] = [
-    # 1: tasks, their state events, attempts, metrics, nodes.
-    """
-    CREATE TABLE tasks (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL,
-        state TEXT NOT NULL, reason TEXT NOT NULL, message TEXT, state_at REAL NOT NULL,
-        priority INTEGER NOT NULL, submitted_at REAL NOT NULL,
-        started_at REAL, ended_at REAL,
-        attempts INTEGER NOT NULL DEFAULT 0, node_failures INTEGER NOT NULL DEFAULT 0,
-        idempotency_key TEXT UNIQUE, parent_id INTEGER,
-        spec TEXT NOT NULL, result TEXT
-    ) STRICT;
-    CREATE INDEX tasks_queue ON tasks(state, priority DESC, id);
-    CREATE INDEX tasks_state_id ON tasks(state, id);
-    CREATE INDEX tasks_user ON tasks(user, id);
-    CREATE INDEX tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, at REAL NOT NULL,
-        old TEXT, new TEXT NOT NULL, reason TEXT NOT NULL, message TEXT
-    ) STRICT;
-    CREATE INDEX events_task ON events(task_id, id);
-    CREATE TRIGGER tasks_insert_event AFTER INSERT ON tasks BEGIN
-        INSERT INTO events(task_id, at, old, new, reason, message)
-        VALUES (NEW.id, NEW.state_at, NULL, NEW.state, NEW.reason, NEW.message);
-    END;
-    CREATE TRIGGER tasks_state_event AFTER UPDATE OF state_at ON tasks BEGIN
-        INSERT INTO events(task_id, at, old, new, reason, message)
-        VALUES (NEW.id, NEW.state_at, OLD.state, NEW.state, NEW.reason, NEW.message);
-    END;
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, seq INTEGER NOT NULL,
-        node TEXT NOT NULL, placement TEXT NOT NULL, state TEXT NOT NULL,
-        started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER, signal TEXT,
-        reason TEXT, message TEXT, locator TEXT
-    ) STRICT;
-    CREATE INDEX attempts_task ON attempts(task_id, seq);
-    CREATE INDEX attempts_running ON attempts(state) WHERE state = 'RUNNING';
-    CREATE TABLE metrics (
-        id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL,
-        at REAL NOT NULL, data TEXT NOT NULL
-    ) STRICT;
-    CREATE INDEX metrics_task ON metrics(task_id, id);
-    CREATE TABLE nodes (
-        name TEXT PRIMARY KEY, config TEXT NOT NULL, source TEXT NOT NULL,
-        intent TEXT, reason TEXT, intent_user TEXT, intent_at REAL
-    ) STRICT;
-    """,
-]
 
 TASK_COLUMNS = ("id, name, user, state, reason, message, state_at, priority, submitted_at, "
                 "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result")
@@ -322,6 +274,32 @@ class Store:
             await db.executemany("INSERT INTO metrics (task_id, attempt_id, at, data) VALUES (?,?,?,?)",
                                  [(t, a, at, json.dumps(d)) for t, a, at, d in rows])
         await self.write(op)
+
+    # ---- nodes ------------------------------------------------------
+    async def save_node(self, name: str, config: dict[str, Any] | None, source: str) -> None:
+        """Record a node added at run time (source 'api') or removed ('deleted')."""
+        async def op(db):
+            await db.execute(
+                "INSERT INTO nodes (name, config, source) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET config=excluded.config, source=excluded.source",
+                (name, json.dumps(config), source))
+        await self.write(op)
+
+    async def set_node_intent(self, name: str, intent: str | None, reason: str | None,
+                              user: str | None, at: float | None) -> None:
+        """Store an admin's intent for a node (None clears it)."""
+        async def op(db):
+            await db.execute(
+                "INSERT INTO nodes (name, config, source, intent, reason, intent_user, intent_at) "
+                "VALUES (?, 'null', 'intent', ?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "intent=excluded.intent, reason=excluded.reason, intent_user=excluded.intent_user, "
+                "intent_at=excluded.intent_at", (name, intent, reason, user, at))
+        await self.write(op)
+
+    async def load_nodes(self) -> list[dict[str, Any]]:
+        """Every stored node row: run-time additions, removals and intents."""
+        rows = await self._fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
+        return [{**r, "config": json.loads(r["config"])} for r in rows]
 
     # ---- reads ------------------------------------------------------
     async def _rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:

@@ -1,0 +1,122 @@
+"""Nodes: several local nodes, labels, drain/resume/down/delete with tasks running, restart."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from conftest import wait_file
+
+TWO = ('[[nodes]]\nname = "n1"\ncpus = 1\nmemory_mb = 1000\nlabels = { arch = "a" }\n'
+       '[[nodes]]\nname = "n2"\ncpus = 1\nmemory_mb = 1000\nlabels = { arch = "b" }\n')
+
+
+def report_node(extra: str = "") -> str:
+    return f'{extra}echo "OAAS_RESULT {{\\"node\\": \\"$OAAS_NODE\\"}}"\n'
+
+
+def gated(gate) -> str:
+    return f"while [ ! -e {gate} ]; do sleep 0.05; done\n"
+
+
+@pytest.fixture
+def d(daemon_factory):
+    return daemon_factory(TWO)
+
+
+def nodes(d) -> dict:
+    return {n["name"]: n for n in d.request("GET", "/v1/nodes")[1]["items"]}
+
+
+def test_labels_choose_the_node(d):
+    for arch, node in (("b", "n2"), ("a", "n1")):
+        view = d.wait(d.submit({"script": report_node(), "labels": {"arch": arch}}))
+        assert view["result"] == {"node": node}
+    status, body = d.request("POST", "/v1/tasks", {"script": "true", "labels": {"arch": "z"}})
+    assert status == 422 and body["detail"][0]["check"] == "LabelMismatch"
+
+
+def test_drain_then_resume(d, tmp_path):
+    gate = tmp_path / "gate"
+    first = d.submit({"script": report_node(gated(gate)), "labels": {"arch": "a"}})
+    d.wait(first, {"RUNNING"})
+    status, body = d.request("PATCH", "/v1/nodes/n1", {"state": "DRAIN"})
+    assert status == 422 and body["detail"][0]["field"] == "body"
+    assert "reason" in body["detail"][0]["problem"]
+    status, body = d.request("PATCH", "/v1/nodes/n1", {"state": "DRAIN", "reason": "disk swap"})
+    assert status == 200 and body["state"] == "DRAINING" and body["reason"] == "disk swap"
+    assert body["running"] == [first]
+    waiting = d.submit({"script": report_node(), "labels": {"arch": "a"}})
+    other = d.wait(d.submit({"script": report_node()}))
+    assert other["result"] == {"node": "n2"}
+    view = d.task(waiting)
+    assert view["state"] == "PENDING" and view["nodes_rejected"]["NodeNotSchedulable"] == 1
+    gate.touch()
+    d.wait(first)
+    assert nodes(d)["n1"]["state"] == "DRAINED"
+    assert d.request("PATCH", "/v1/nodes/n1", {"state": "RESUME"})[0] == 200
+    assert d.wait(waiting)["result"] == {"node": "n1"}
+    assert nodes(d)["n1"]["state"] == "IDLE"
+
+
+def test_down_requeues_running_work_elsewhere(d, tmp_path):
+    pidfile = tmp_path / "pid"
+    tid = d.submit({"script": f'[ "$OAAS_NODE" = n1 ] && {{ echo $$ > {pidfile}; sleep 60; }}\n' + report_node(),
+                    "placement": "pack"})
+    d.wait(tid, {"RUNNING"})
+    assert d.task(tid)["attempts"][0]["node"] == "n1"  # best-fit ties go to node order
+    wait_file(pidfile)
+    status, body = d.request("PATCH", "/v1/nodes/n1", {"state": "DOWN", "reason": "PSU failed"})
+    assert status == 200 and body["state"] == "DOWN"
+    view = d.wait(tid)
+    assert view["state"] == "COMPLETED" and view["result"] == {"node": "n2"}
+    assert [a["state"] for a in view["attempts"]] == ["NODE_FAIL", "COMPLETED"]
+    assert "PSU failed" in view["attempts"][0]["message"]
+
+
+def test_delete_refused_while_running_unless_forced(d, tmp_path):
+    tid = d.submit({"script": f'[ "$OAAS_NODE" = n1 ] && sleep 60\n' + report_node(), "labels": {}})
+    d.wait(tid, {"RUNNING"})
+    node = d.task(tid)["attempts"][0]["node"]
+    status, body = d.request("DELETE", f"/v1/nodes/{node}")
+    assert status == 409 and body["detail"][0]["tasks"] == [tid]
+    status, body = d.request("DELETE", f"/v1/nodes/{node}?force=1")
+    assert status == 200 and body["requeued"] == [tid]
+    assert d.request("GET", f"/v1/nodes/{node}")[0] == 404
+    view = d.wait(tid)
+    assert view["state"] == "COMPLETED" and view["result"]["node"] != node
+
+
+def test_added_nodes_intents_and_free_arrays_survive_restart(d, tmp_path):
+    status, body = d.request("POST", "/v1/nodes", {"name": "n3", "cpus": 2, "memory_mb": 500, "labels": {"arch": "c"}})
+    assert status == 201 and body["capacity"] == {"cpus": 2.0, "memory_mb": 500, "gpus": 0}
+    assert d.request("POST", "/v1/nodes", {"name": "n3", "cpus": 1})[0] == 409
+    assert d.request("POST", "/v1/nodes", {"name": "bad name", "cpus": 1})[0] == 422
+    gate = tmp_path / "gate"
+    tid = d.submit({"script": report_node(gated(gate)), "labels": {"arch": "c"},
+                    "resources": {"cpus": 1.5, "memory_mb": 100}})
+    d.wait(tid, {"RUNNING"})
+    assert d.request("PATCH", "/v1/nodes/n2", {"state": "DRAIN", "reason": "later"})[0] == 200
+    assert d.request("DELETE", "/v1/nodes/n1")[0] == 200
+    before = nodes(d)
+    assert before["n3"]["free"] == {"cpus": 0.5, "memory_mb": 400, "gpus": 0}
+    d.stop(signal.SIGKILL)
+    d.start()
+    after = nodes(d)
+    assert after == before
+    assert after["n2"]["state"] == "DRAINED" and "n1" not in after
+    gate.touch()
+    assert d.wait(tid)["result"] == {"node": "n3"}
+    assert nodes(d)["n3"]["free"] == nodes(d)["n3"]["capacity"]
+
+
+def test_gang_spreads_over_nodes_and_gets_a_hostfile(d):
+    script = 'cat "$OAAS_HOSTFILE"\necho "OAAS_RESULT {\\"workers\\": $OAAS_WORKERS}"\n'
+    view = d.wait(d.submit({"script": script, "workers": 2, "placement": "spread"}))
+    assert view["state"] == "COMPLETED" and view["result"] == {"workers": 2}
+    assert sorted(h[0] for h in view["attempts"][0]["hosts"]) == ["n1", "n2"]
+    log = d.request("GET", f"/v1/tasks/{view['id']}/logs")[1]
+    assert log.splitlines()[:2] == ["127.0.0.1 slots=1", "127.0.0.1 slots=1"]
+    status, body = d.request("POST", "/v1/tasks", {"script": "true", "workers": 3})
+    assert status == 422 and body["error"] == "Unsatisfiable"

@@ -59,6 +59,7 @@ class Cluster:
                   "labels": n.labels, "core_milli": n.core_capacity, "schedulable": self.schedulable(n.name)}
                  for n in self.nodes.values()]
         self.table = pl.NodeTable.from_specs(specs)
+        self._fits: dict[tuple, pl.Refusal | None] = {}
         for request, record in self.reservations.values():
             live = [h for h in record["hosts"] if h[0] in self.nodes]
             if len(live) == len(record["hosts"]):
@@ -123,8 +124,17 @@ class Cluster:
                           spread=spec.placement == "spread", exclusive=spec.exclusive)
 
     def never_fits(self, request: pl.Request) -> pl.Refusal | None:
-        """A Refusal when no node could hold the request even in an empty cluster."""
-        return pl.could_ever_fit(self.table, request)
+        """A Refusal when no node could hold the request even in an empty cluster.
+
+        Answers are cached by request shape until the node list changes:
+        intake asks this for every submission.
+        """
+        key = request_key(request)
+        if key not in self._fits:
+            if len(self._fits) > 4096:
+                self._fits.clear()
+            self._fits[key] = pl.could_ever_fit(self.table, request)
+        return self._fits[key]
 
     @staticmethod
     def refusal_detail(refusal: pl.Refusal) -> list[dict[str, Any]]:
@@ -187,6 +197,12 @@ class Cluster:
             "intent": None if intent is None else {"state": intent.state, "reason": intent.reason,
                                                    "user": intent.user, "at": intent.at},
         }
+
+
+def request_key(r: pl.Request) -> tuple:
+    """A hashable shape of a request: equal keys get equal placement answers."""
+    return (r.cpu_milli, r.memory_mb, r.gpus, r.cores, r.workers, tuple(sorted(r.labels.items())),
+            r.spread, r.exclusive)
 
 
 def _resources(row: np.ndarray) -> dict[str, Any]:

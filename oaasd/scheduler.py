@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import placement as pl
+from .cluster import request_key
 from .states import Reason
 
 if TYPE_CHECKING:
@@ -139,8 +140,3 @@ class Scheduler:
         self.passes += 1
         return len(chosen)
 
-
-def request_key(r: pl.Request) -> tuple:
-    """A hashable shape of a request: equal keys get equal placement answers."""
-    return (r.cpu_milli, r.memory_mb, r.gpus, r.cores, r.workers, tuple(sorted(r.labels.items())),
-            r.spread, r.exclusive)

@@ -86,7 +86,7 @@ def test_require_result_false_completes_without_result(daemon):
 
 def test_time_limit_kills_the_whole_group(daemon, tmp_path):
     pidfile = tmp_path / "child.pid"
-    tid = daemon.submit({"script": f"sleep 60 & echo $! > {pidfile}\nwait\n", "time_limit_s": 0.5})
+    tid = daemon.submit({"script": f"sleep 60 & echo $! > {pidfile}\nwait\n", "time_limit_s": 2})
     child = int(wait_file(pidfile))
     view = daemon.wait(tid, timeout=20)
     assert view["state"] == "TIMEOUT" and view["reason"] == "TimeLimit"

@@ -80,6 +80,8 @@ class NodeConfig(Section):
     gpus: int = Field(0, ge=0)
     labels: dict[str, str] = Field(default_factory=dict)
     core_capacity: list[int] | None = Field(None, description="millicores per core")
+    known_hosts: str | None = Field(None, description="overrides [ssh] known_hosts for this node")
+    work_root: str | None = Field(None, description="remote attempt directories (default [ssh] work_root)")
 
     @model_validator(mode="after")
     def _size(self) -> "NodeConfig":
@@ -92,11 +94,41 @@ class NodeConfig(Section):
         return self
 
 
+class SshConfig(Section):
+    """``[ssh]``: how remote nodes are reached (one pooled connection each)."""
+
+    known_hosts: str | None = Field(None, description="default: the daemon user's ~/.ssh/known_hosts")
+    accept_unknown_hosts: bool = False
+    connect_timeout_s: float = Field(10.0, gt=0)
+    keepalive_interval_s: float = Field(5.0, gt=0)
+    keepalive_count_max: int = Field(3, ge=1)
+    command_timeout_s: float = Field(30.0, gt=0)
+    lost_grace_s: float = Field(10.0, ge=0)
+    work_root: str = ".oaasd/attempts"
+
+
+class MpiConfig(Section):
+    """``[mpi]``: how mpirun is called for multi-worker tasks on remote nodes."""
+
+    mpirun: str = "mpirun"
+    args: list[str] = Field(default_factory=list, description="e.g. --mca plm_rsh_args, --bind-to, --map-by")
+
+
+class HealthConfig(Section):
+    """``[health]``: the probe loop over remote nodes."""
+
+    interval_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(15.0, gt=0)
+
+
 class Settings(Section):
     """The whole configuration."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    ssh: SshConfig = Field(default_factory=SshConfig)
+    mpi: MpiConfig = Field(default_factory=MpiConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

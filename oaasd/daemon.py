@@ -16,11 +16,11 @@ from .cluster import Cluster
 from .config import Settings
 from .errors import ConflictError, UnsatisfiableError
 from .events import EventHub
-from .launchers.local import LocalLauncher
+from .health import HealthLoop
+from .launchers import build_launchers, launcher_kind, node_conn
 from .models import TaskSpec
 from .runner import Runner
 from .scheduler import Scheduler
-from .seams import Launcher
 from .states import Reason, State, is_final
 from .store import NewTask, Store
 
@@ -38,10 +38,11 @@ class Daemon:
         self.cluster = Cluster(settings)
         self.scheduler = Scheduler(self)
         self.runner = Runner(self)
-        self.launchers: dict[str, Launcher] = {"local": LocalLauncher()}
+        self.launchers, self.pool = build_launchers(settings, settings.nodes)
+        self.health = HealthLoop(self)
         self.stopped = asyncio.Event()
         self.fatal_reason: str | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._loops: list[asyncio.Task] = []
 
     # ---- life cycle -------------------------------------------------
     async def start(self) -> None:
@@ -49,17 +50,21 @@ class Daemon:
         (self.state_dir / "attempts").mkdir(parents=True, exist_ok=True)
         await self.store.open()
         self.cluster.load_stored(await self.store.load_nodes())
+        for node in self.cluster.nodes.values():
+            self.node_added(node)
         await self.recover()
-        self._loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
-        self._loop_task.add_done_callback(self._loop_died)
+        self._loops = [asyncio.create_task(self.scheduler.run(), name="scheduler"),
+                       asyncio.create_task(self.health.run(), name="health")]
+        for task in self._loops:
+            task.add_done_callback(self._loop_died)
         self.scheduler.wake()
 
     async def stop(self) -> None:
         """Stop the loops, leaving running processes to be re-adopted."""
-        if self._loop_task is not None:
-            self._loop_task.remove_done_callback(self._loop_died)
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in self._loops:
+            task.remove_done_callback(self._loop_died)
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         await self.runner.stop()
         for launcher in self.launchers.values():
             await launcher.close()
@@ -156,9 +161,15 @@ class Daemon:
         spec = TaskSpec.model_validate_json(row["spec"])
         self.scheduler.add(task_id, row["priority"], row["submitted_at"], self.cluster.request_for(spec))
 
-    def launcher_for(self, node: str) -> Launcher:
-        """Return the launcher that starts attempts on ``node``."""
-        return self.launchers[self.cluster.nodes[node].launcher]
+    def launcher_kind(self, hosts: list, workers: int) -> str:
+        """The kind of launcher that starts an attempt on these hosts."""
+        kinds = [self.cluster.nodes[h.node].launcher if h.node in self.cluster.nodes else "local" for h in hosts]
+        return launcher_kind(kinds, workers)
+
+    def node_added(self, node) -> None:
+        """Let the SSH pool reach a remote node (from config, store or API)."""
+        if node.launcher != "local":
+            self.pool.nodes[node.name] = node_conn(node, self.settings)
 
     # ---- result hooks -----------------------------------------------
     def publish_state(self, task_id: int, old: State | None, new: State, reason: str,

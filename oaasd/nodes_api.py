@@ -40,7 +40,8 @@ def node_name(request: web.Request) -> str:
 
 def node_view(request: web.Request, name: str) -> dict:
     d = request.app[DAEMON]
-    return {**d.cluster.view(name), "running": sorted(d.runner.on_node(name))}
+    return {**d.cluster.view(name), "running": sorted(d.runner.on_node(name)),
+            "probe": d.health.probes.get(name)}
 
 
 @routes.post("/v1/nodes")
@@ -51,6 +52,7 @@ async def add_node(request: web.Request) -> web.Response:
         raise ConflictError(f"node {cfg.name!r} exists", [{"field": "name", "problem": "already exists"}])
     await d.store.save_node(cfg.name, cfg.model_dump(mode="json"), "api")
     d.cluster.add_node(cfg)
+    d.node_added(cfg)
     d.wake_scheduler()
     return json_response(node_view(request, cfg.name), 201, {"Location": f"/v1/nodes/{cfg.name}"})
 

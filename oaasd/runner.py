@@ -45,6 +45,7 @@ class Run:
     handle: Handle | None = None
     cancel_reason: str | None = None
     requeue_reason: str | None = None  # killed for its node's sake: back to PENDING
+    lost_reason: str | None = None  # its node went DOWN: a node failure, under max_retries
     timed_out: bool = False
     report: Report = field(default_factory=Report)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,9 +56,8 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
               hosts: list[Host]) -> LaunchJob:
     """Assemble the argv, environment and paths of one attempt."""
     if spec.script is not None:
-        script = attempt_dir / "script.sh"
-        script.write_text(spec.script)
-        argv = ["/bin/sh", str(script)]
+        (attempt_dir / "script.sh").write_text(spec.script)  # for people; the argv carries it to any node
+        argv = ["/bin/sh", "-c", spec.script, "oaas-script"]
     else:
         argv = list(spec.command)
     env = {
@@ -102,16 +102,18 @@ class Runner:
         job = build_job(spec, task_id, attempt_id, seq, adir, hosts)
         run = Run(task_id, attempt_id, seq, node, placement, spec, job)
         self.runs[task_id] = run
+        kind = self.d.launcher_kind(hosts, spec.workers)
         try:
-            run.handle = await self.d.launcher_for(node).start(job)
+            run.handle = await self.d.launchers[kind].start(job)
         except Exception as exc:  # a launch that cannot start ends the attempt, never the loop
             log.warning("task %d: launch on %s failed: %s", task_id, node, exc)
             await self._finish(run, Exit(exit_code=None, lost=True, reason=f"launch failed: {exc}"),
                                launch_failed=True)
             return
         loc = run.handle.locator
-        (adir / "locator.json").write_text(json.dumps({"pid": loc.pid, "start_time": loc.start_time, **loc.extra}))
-        await self.d.store.set_locator(attempt_id, {"pid": loc.pid, "start_time": loc.start_time, **loc.extra})
+        record = {"pid": loc.pid, "start_time": loc.start_time, "launcher": kind, **loc.extra}
+        (adir / "locator.json").write_text(json.dumps(record))
+        await self.d.store.set_locator(attempt_id, record)
         self._spawn(self._watch(run), f"attempt-{attempt_id}")
 
     async def adopt(self, row: dict[str, Any], hosts: list[Host]) -> bool:
@@ -124,9 +126,10 @@ class Runner:
         loc = json.loads(row["locator"]) if row["locator"] else _read_locator(adir)
         handle = None
         if loc is not None:
+            kind = loc.pop("launcher", None) or self.d.launcher_kind(hosts, spec.workers)
             locator = Locator(pid=loc.pop("pid"), start_time=loc.pop("start_time"), extra=loc)
             try:
-                handle = await self.d.launcher_for(run.node).adopt(job, locator)
+                handle = await self.d.launchers[kind].adopt(job, locator)
             except Exception as exc:
                 log.warning("task %d: adopt on %s failed: %s", run.task_id, run.node, exc)
         if handle is None:
@@ -205,11 +208,11 @@ class Runner:
             return State.NODE_FAIL, State.PENDING, Reason.REQUEUED, run.requeue_reason
         if run.timed_out:
             return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
-        if exit_.lost:
+        if exit_.lost or run.lost_reason is not None:
             retry = node_failures < run.spec.max_retries
             task_state = State.PENDING if retry else State.NODE_FAIL
             reason = Reason.REQUEUED if retry else Reason.NODE_FAIL
-            return State.NODE_FAIL, task_state, reason, exit_.reason
+            return State.NODE_FAIL, task_state, reason, run.lost_reason or exit_.reason
         if exit_.exit_code == 0:
             if run.report.result is not None or not run.spec.require_result:
                 return State.COMPLETED, State.COMPLETED, Reason.EXITED, None
@@ -253,6 +256,22 @@ class Runner:
                 run.cancel_reason = reason
             self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
         return True
+
+    async def node_lost(self, node: str, reason: str) -> list[int]:
+        """A node went DOWN: end its attempts as node failures (requeued while retries last)."""
+        lost = self.on_node(node)
+        for task_id in lost:
+            run = self.runs[task_id]
+            if run.lost_reason is None and run.cancel_reason is None and run.requeue_reason is None:
+                run.lost_reason = f"node {node} DOWN: {reason}"
+                self._spawn(self._kill_quietly(run), f"kill-{run.attempt_id}")
+        return lost
+
+    async def _kill_quietly(self, run: Run) -> None:
+        try:
+            await run.handle.kill(self.d.settings.server.kill_grace_s)
+        except Exception as exc:  # the node is unreachable: its handle reports the loss
+            log.warning("task %d: kill on lost node %s failed: %s", run.task_id, run.node, exc)
 
     def on_node(self, node: str) -> list[int]:
         """Ids of the tasks with a running attempt on ``node`` (any of its hosts)."""

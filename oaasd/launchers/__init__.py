@@ -1,0 +1,38 @@
+"""Launchers by kind, built from the settings: ``local``, ``ssh`` and ``mpi``."""
+
+from __future__ import annotations
+
+from ..config import NodeConfig, Settings
+from ..seams import Launcher
+from .local import LocalLauncher
+from .mpi import MpiLauncher, MpiOptions
+from .pool import NodeConn, SshOptions, SshPool
+from .ssh import SshLauncher
+
+
+def node_conn(node: NodeConfig, settings: Settings) -> NodeConn:
+    """How the SSH pool reaches one configured node."""
+    return NodeConn(host=node.host, port=node.port, user=node.user, key_path=node.key,
+                    known_hosts=node.known_hosts or settings.ssh.known_hosts,
+                    accept_unknown_hosts=settings.ssh.accept_unknown_hosts, work_root=node.work_root)
+
+
+def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[str, Launcher], SshPool]:
+    """One launcher per kind; ssh and mpi share one connection pool."""
+    s = settings.ssh
+    options = SshOptions(connect_timeout_s=s.connect_timeout_s, keepalive_interval_s=s.keepalive_interval_s,
+                         keepalive_count_max=s.keepalive_count_max, command_timeout_s=s.command_timeout_s,
+                         lost_grace_s=s.lost_grace_s, work_root=s.work_root)
+    pool = SshPool({n.name: node_conn(n, settings) for n in nodes if n.launcher != "local"}, options)
+    local = LocalLauncher()
+    mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args)),
+                      local=local)
+    return {"local": local, "ssh": SshLauncher(pool), "mpi": mpi}, pool
+
+
+def launcher_kind(node_kinds: list[str], workers: int) -> str:
+    """Which launcher starts an attempt: mpirun for remote gangs, else the node's own."""
+    remote = [k for k in node_kinds if k != "local"]
+    if workers > 1 and remote:
+        return "mpi"
+    return "ssh" if node_kinds[0] in ("ssh", "mpi") else "local"

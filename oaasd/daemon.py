@@ -256,11 +256,12 @@ async def _daemon_ctx(app: web.Application):
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> web.Application:
     """The aiohttp application of one daemon."""
-    from . import nodes_api
+    from . import nodes_api, pipelines_api
     from .api import DAEMON, error_middleware, routes
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
     app[DAEMON] = daemon or Daemon(settings)
     app.add_routes(routes)
     app.add_routes(nodes_api.routes)
+    app.add_routes(pipelines_api.routes)
     app.cleanup_ctx.append(_daemon_ctx)
     return app

@@ -48,7 +48,17 @@ class Daemon:
         self.config_path.write_text(server + self.config_body)
 
     def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> "Daemon":
-        """Start and wait until /healthz answers."""
+        """Start and wait until /healthz answers (a new port if ours was taken meanwhile)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout, env)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.port = free_port()
+        return self
+
+    def _start(self, timeout: float, env: dict[str, str] | None) -> "Daemon":
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

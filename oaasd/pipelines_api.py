@@ -17,6 +17,6 @@ async def solve(request: web.Request) -> web.Response:
     from .pipeline import SolveRequest
     from .pipeline.solver import solve_request
     body = parse_model(SolveRequest, await read_body(request))
-    # The exact solver can take up to a second on 8 stages: keep it off the loop.
+    # The exact solver takes tens of ms on 8 stages (bench/RESULTS-pipeline.md): keep it off the loop.
     decision = await asyncio.get_running_loop().run_in_executor(None, solve_request, body)
     return web.Response(text=decision.model_dump_json(), content_type="application/json")

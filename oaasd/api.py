@@ -96,6 +96,9 @@ def choice_param(request: web.Request, name: str, choices: tuple[str, ...], defa
 async def submit_task(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     spec = parse_model(TaskSpec, await read_body(request))
+    if spec.trial_config is not None:  # only the tuning driver launches trials
+        raise ValidationFailedError("invalid TaskSpec", [{"field": "trial_config", "type": "forbidden",
+                                                          "problem": "set by the daemon for tuning trials only"}])
     task_id, created, view = await d.submit(spec)
     return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/tasks/{task_id}"})
 

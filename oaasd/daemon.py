@@ -23,6 +23,7 @@ from .runner import Runner
 from .scheduler import Scheduler
 from .states import Reason, State, is_final
 from .store import NewTask, Store
+from .tunings import Tunings
 
 log = logging.getLogger("oaasd")
 
@@ -40,6 +41,7 @@ class Daemon:
         self.runner = Runner(self)
         self.launchers, self.pool = build_launchers(settings, settings.nodes)
         self.health = HealthLoop(self)
+        self.tunings = Tunings(self)
         self.stopped = asyncio.Event()
         self.fatal_reason: str | None = None
         self._loops: list[asyncio.Task] = []
@@ -65,6 +67,7 @@ class Daemon:
             task.remove_done_callback(self._loop_died)
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.tunings.stop()
         await self.runner.stop()
         for launcher in self.launchers.values():
             await launcher.close()
@@ -90,6 +93,7 @@ class Daemon:
         for task_id, priority, submitted_at, spec in await self.store.pending_queue():
             request = self.cluster.request_for(TaskSpec.model_validate_json(spec))
             self.scheduler.add(task_id, priority, submitted_at, request)
+        await self.tunings.resume()  # after the queue: a tuning tops up its trials
 
     # ---- intake -----------------------------------------------------
     async def submit(self, spec: TaskSpec) -> tuple[int, bool, dict[str, Any]]:
@@ -183,9 +187,11 @@ class Daemon:
 
     async def on_metrics(self, run, metrics: list[dict[str, Any]]) -> None:
         """New OAAS_METRIC lines of a running attempt (tuning hooks in here)."""
+        await self.tunings.on_metrics(run, metrics)
 
     async def on_task_final(self, task_id: int, state: State, result: Any) -> None:
         """A task reached a final state (tuning and callback hooks in here)."""
+        await self.tunings.on_task_final(task_id, state, result)
 
     # ---- views ------------------------------------------------------
     def summarize(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -256,12 +262,13 @@ async def _daemon_ctx(app: web.Application):
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> web.Application:
     """The aiohttp application of one daemon."""
-    from . import nodes_api, pipelines_api
+    from . import nodes_api, pipelines_api, tunings_api
     from .api import DAEMON, error_middleware, routes
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
     app[DAEMON] = daemon or Daemon(settings)
     app.add_routes(routes)
     app.add_routes(nodes_api.routes)
     app.add_routes(pipelines_api.routes)
+    app.add_routes(tunings_api.routes)
     app.cleanup_ctx.append(_daemon_ctx)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -61,6 +61,8 @@ class TaskSpec(Strict):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     require_result: bool = Field(True, description="exit 0 without a result is FAILED/NoResult")
     callback_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+    trial_config: dict[str, Any] | None = Field(
+        None, description="a tuning trial's configuration, passed as $OAAS_TRIAL_CONFIG; set by the daemon only")
 
     @field_validator("name", "script", "workdir", "idempotency_key")
     @classmethod

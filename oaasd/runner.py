@@ -72,9 +72,8 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
         hostfile = attempt_dir / "hostfile"
         hostfile.write_text("".join(f"{h.address} slots={h.slots}\n" for h in hosts))
         env["OAAS_HOSTFILE"] = str(hostfile)
-    trial = spec.env.get("OAAS_TRIAL_CONFIG")
-    if trial is not None:
-        env["OAAS_TRIAL_CONFIG"] = trial
+    if spec.trial_config is not None:
+        env["OAAS_TRIAL_CONFIG"] = json.dumps(spec.trial_config)
     return LaunchJob(task_id=task_id, attempt_id=attempt_id, argv=argv, env=env, workdir=spec.workdir,
                      attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers)
 

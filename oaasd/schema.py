@@ -53,4 +53,18 @@ MIGRATIONS: list[str] = [
         intent TEXT, reason TEXT, intent_user TEXT, intent_at REAL
     ) STRICT;
     """,
+    # 2: tunings and their trials (each trial is a task with parent_id = tuning id).
+    """
+    CREATE TABLE tunings (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT, description TEXT NOT NULL,
+        created_at REAL NOT NULL, ended_at REAL
+    ) STRICT;
+    CREATE INDEX tunings_state ON tunings(state, id);
+    CREATE TABLE trials (
+        task_id INTEGER PRIMARY KEY, tuning_id INTEGER NOT NULL, config TEXT NOT NULL,
+        baseline INTEGER NOT NULL DEFAULT 0, pruned INTEGER NOT NULL DEFAULT 0, prune_reason TEXT
+    ) STRICT;
+    CREATE INDEX trials_tuning ON trials(tuning_id, task_id);
+    """,
 ]

@@ -186,7 +186,7 @@ class Store:
             marks = ",".join("?" * len(keys))
             cur = await db.execute(f"SELECT idempotency_key, id FROM tasks WHERE idempotency_key IN ({marks})", keys)
             known = dict(await cur.fetchall())
-        next_id = self._next_id
+        next_id = self._pending_next_id  # == _next_id unless an op of this batch inserted too
         rows, out = [], []
         for t in new:
             if t.idempotency_key and t.idempotency_key in known:
@@ -300,6 +300,90 @@ class Store:
         """Every stored node row: run-time additions, removals and intents."""
         rows = await self._fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
         return [{**r, "config": json.loads(r["config"])} for r in rows]
+
+    # ---- tunings -----------------------------------------------------
+    async def create_tuning(self, name: str, user: str, description: dict[str, Any]) -> tuple[int, float]:
+        """Insert a RUNNING tuning; return (id, created_at)."""
+        async def op(db):
+            now = time.time()
+            cur = await db.execute(
+                "INSERT INTO tunings (name, user, state, description, created_at) VALUES (?,?,?,?,?)",
+                (name, user, "RUNNING", json.dumps(description), now))
+            return cur.lastrowid, now
+        return await self.write(op)
+
+    async def submit_trial(self, task: NewTask, tuning_id: int, config: dict[str, Any], baseline: bool) -> int:
+        """Insert a trial's task (PENDING, parent_id set) and its trial row in one transaction.
+
+        Refused with ConflictError when the tuning is no longer RUNNING.
+        """
+        async def op(db):
+            async with db.execute("SELECT state FROM tunings WHERE id=?", (tuning_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None or row[0] != "RUNNING":
+                raise ConflictError(f"tuning {tuning_id} is not RUNNING")
+            ((task_id, _),) = await self._insert_tasks(db, [task])
+            await db.execute("INSERT INTO trials (task_id, tuning_id, config, baseline) VALUES (?,?,?,?)",
+                             (task_id, tuning_id, json.dumps(config), int(baseline)))
+            return task_id
+        return await self.write(op)
+
+    async def prune_trial(self, task_id: int, reason: str) -> None:
+        """Mark a trial as stopped early (before its task is cancelled)."""
+        async def op(db):
+            await db.execute("UPDATE trials SET pruned=1, prune_reason=? WHERE task_id=?", (reason, task_id))
+        await self.write(op)
+
+    async def end_tuning(self, tuning_id: int, state: str, reason: str) -> bool:
+        """RUNNING -> ``state`` by compare-and-set; False when it had already ended."""
+        async def op(db):
+            cur = await db.execute("UPDATE tunings SET state=?, reason=?, ended_at=? WHERE id=? AND state='RUNNING'",
+                                   (state, reason, time.time(), tuning_id))
+            return cur.rowcount == 1
+        return await self.write(op)
+
+    async def get_tuning(self, tuning_id: int) -> dict[str, Any]:
+        """Return a tuning row (description decoded), or raise NotFoundError."""
+        rows = await self._fetch("SELECT id, name, user, state, reason, description, created_at, ended_at "
+                                 "FROM tunings WHERE id=?", (tuning_id,))
+        if not rows:
+            raise NotFoundError(f"no tuning {tuning_id}", [{"field": "id", "problem": "unknown tuning id"}])
+        return {**rows[0], "description": json.loads(rows[0]["description"])}
+
+    async def list_tunings(self, *, state: str | None = None, before: int | None = None,
+                           limit: int = 100) -> list[dict[str, Any]]:
+        """Return tunings newest first (without their descriptions)."""
+        where, params = [], []
+        if state is not None:
+            where.append("state=?")
+            params.append(state)
+        if before is not None:
+            where.append("id<?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return await self._fetch("SELECT id, name, user, state, reason, created_at, ended_at FROM tunings "
+                                 f"{clause} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+    async def running_tunings(self) -> list[int]:
+        """Ids of every RUNNING tuning (to resume at start)."""
+        return [r[0] for r in await self._rows("SELECT id FROM tunings WHERE state='RUNNING' ORDER BY id")]
+
+    async def tuning_trials(self, tuning_id: int) -> list[dict[str, Any]]:
+        """Every trial of a tuning with its task's state, result, times and last node, oldest first."""
+        rows = await self._fetch(
+            "SELECT tr.task_id, tr.config, tr.baseline, tr.pruned, tr.prune_reason, t.state, t.reason, "
+            "t.message, t.result, t.started_at, t.ended_at, "
+            "(SELECT a.node FROM attempts a WHERE a.task_id = t.id ORDER BY a.seq DESC LIMIT 1) AS node "
+            "FROM trials tr JOIN tasks t ON t.id = tr.task_id WHERE tr.tuning_id=? ORDER BY tr.task_id",
+            (tuning_id,))
+        return [{**r, "config": json.loads(r["config"]), "baseline": bool(r["baseline"]),
+                 "pruned": bool(r["pruned"]), "result": None if r["result"] is None else json.loads(r["result"])}
+                for r in rows]
+
+    async def trial_tuning(self, task_id: int) -> int | None:
+        """The tuning a task is a trial of, or None."""
+        rows = await self._rows("SELECT tuning_id FROM trials WHERE task_id=?", (task_id,))
+        return rows[0][0] if rows else None
 
     # ---- reads ------------------------------------------------------
     async def _rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:

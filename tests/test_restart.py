@@ -108,3 +108,19 @@ def test_every_acknowledged_submission_survives_kill9(daemon_factory):
         assert d.task(tid)["state"] in {"PENDING", "RUNNING", "COMPLETED"}
     for tid in acked[-5:]:
         assert d.wait(tid, timeout=60)["state"] == "COMPLETED"
+
+
+def test_task_that_finished_while_the_daemon_was_down_keeps_its_result(daemon_factory, tmp_path):
+    d = daemon_factory()
+    gate, pidfile = tmp_path / "gate", tmp_path / "pid"
+    tid = d.submit(gated(gate, pidfile))
+    pid = int(wait_file(pidfile))
+    d.stop(signal.SIGKILL)
+    gate.touch()
+    deadline = time.time() + 10
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    d.start()
+    view = d.wait(tid)
+    assert view["state"] == "COMPLETED" and view["result"] == {"ok": True}
+    assert view["attempt_count"] == 1 and view["node_failures"] == 0

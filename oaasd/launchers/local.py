@@ -88,6 +88,21 @@ class LocalHandle:
         kill_group(pid, signal.SIGKILL)
 
 
+class EndedHandle:
+    """An attempt that ended while the daemon was down but left its exit record."""
+
+    def __init__(self, locator: Locator, exit_: Exit):
+        self.locator = locator
+        self._exit = exit_
+
+    async def wait(self) -> Exit:
+        """The recorded exit, at once."""
+        return self._exit
+
+    async def kill(self, grace_s: float) -> None:
+        """Nothing is left to kill (and the pid may belong to someone else now)."""
+
+
 class LocalLauncher:
     """Runs attempts with ``subprocess.Popen`` in a new session."""
 
@@ -105,11 +120,13 @@ class LocalLauncher:
         started = process_start_time(popen.pid) or 0.0
         return LocalHandle(job, Locator(pid=popen.pid, start_time=started), popen)
 
-    async def adopt(self, job: LaunchJob, locator: Locator) -> LocalHandle | None:
-        """Reattach when the pid still names the same process (start time matches)."""
+    async def adopt(self, job: LaunchJob, locator: Locator) -> LocalHandle | EndedHandle | None:
+        """Reattach when the pid still names the same process (start time matches);
+        an attempt that ended meanwhile is reported from its exit record."""
         started = process_start_time(locator.pid)
         if started is None or abs(started - locator.start_time) > 0.05:
-            return None
+            recorded = read_exit_file(job.exit_path)
+            return None if recorded is None else EndedHandle(locator, recorded)
         return LocalHandle(job, locator, None)
 
     async def close(self) -> None:

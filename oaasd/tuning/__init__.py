@@ -1,0 +1,18 @@
+"""Tuning: the task description, its search space, samplers, GP, early stopping, Pareto fronts.
+
+Pure: numpy, scipy and pydantic only; no I/O, no asyncio; deterministic for
+a seed. The daemon drives a tuning through ``Tuner`` (see ``tuner``).
+"""
+
+from .description import TuningDescription
+from .pareto import pareto_front
+from .pruners import Asha, Decision, MedianRule, NoStopping
+from .samplers import GPSampler, Observation, RandomSampler, SobolSampler, make_sampler
+from .space import Space
+from .tuner import Suggestion, Trial, Tuner, space_fingerprint
+
+__all__ = [
+    "Asha", "Decision", "GPSampler", "MedianRule", "NoStopping", "Observation", "RandomSampler",
+    "SobolSampler", "Space", "Suggestion", "Trial", "Tuner", "TuningDescription", "make_sampler",
+    "pareto_front", "space_fingerprint",
+]

@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Tasks started by the daemon find the venv's python3 first (the examples need numpy).
 run: install
-	$(VENV)/bin/oaasd serve --config oaasd.toml
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/oaasd serve --config oaasd.toml
 
 test: install
 	$(PY) -m pytest -x -p no:cacheprovider

@@ -85,6 +85,8 @@ class NodeConfig(Section):
 
     @model_validator(mode="after")
     def _size(self) -> "NodeConfig":
+        if self.cpus is None and self.core_capacity:
+            self.cpus = sum(self.core_capacity) / 1000
         if self.cpus is None and self.sockets and self.cores_per_socket:
             self.cpus = float(self.sockets * self.cores_per_socket)
         if self.cpus is None:

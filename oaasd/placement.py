@@ -8,6 +8,8 @@ daemon, the trace simulator and the benchmarks call the same stages:
     select   argmax, ties by node order; a gang of k workers takes the best
              rows with room, all or nothing
     reserve / release   subtract / add back in place, bit for bit
+    passes   place_queue (in order, each placement assumed before the next);
+             assign_batch (single-worker requests, linear_sum_assignment)
 
 CPU is budgeted twice: ``free[:, cpu_milli]`` is every request's budget;
 ``core_free`` also tracks the per-process ``cores`` shares of requests that
@@ -34,7 +36,7 @@ RESOURCES = ("cpu_milli", "memory_mb", "gpus")
 CPU, MEMORY, GPUS = 0, 1, 2
 
 
-@dataclass
+@dataclass(eq=False)
 class NodeTable:
     """Total and free resources of every node, one row per node (struct of arrays).
 
@@ -71,6 +73,8 @@ class NodeTable:
         self.inv_total = np.divide(1.0, self.total, out=np.zeros(self.total.shape, order="F"), where=self.has)
         self.cap_max = self.total.max(0, initial=0)  # (r,): largest node per resource
         self.inv_cap_max = np.divide(1.0, self.cap_max, out=np.zeros(3), where=self.cap_max > 0)
+        self.no_core_use = np.zeros((1, self.core_total.shape[1]), np.int64)  # shared, read-only
+        self.no_core_use.flags.writeable = False
 
     @classmethod
     def from_specs(cls, specs: Iterable[Mapping[str, Any] | Any]) -> NodeTable:
@@ -135,6 +139,7 @@ def _validate(t: NodeTable) -> None:
 def _spec_row(spec: Mapping[str, Any] | Any) -> tuple:
     """(name, cpu_milli, memory_mb, gpus, core_milli list, labels, schedulable) of one spec."""
     def get(key: str, default: Any = None) -> Any:
+        """A spec field, from a mapping or an attribute."""
         if isinstance(spec, Mapping):
             return spec.get(key, default)
         return getattr(spec, key, default)
@@ -151,7 +156,7 @@ def _spec_row(spec: Mapping[str, Any] | Any) -> tuple:
     if min(cores, default=0) < 0:
         raise ValueError(f"node {get('name')!r}: negative core capacity")
     labels = {str(k): str(v) for k, v in (get("labels") or {}).items()}
-    return (str(get("name")), sum(cores), int(get("memory_mb", 0)), int(get("gpus", 0) or 0),
+    return (str(get("name")), sum(cores), int(get("memory_mb") or 0), int(get("gpus") or 0),
             cores, labels, bool(get("schedulable", True)))
 
 
@@ -189,23 +194,15 @@ class Request:
 
     @cached_property
     def demand(self) -> np.ndarray:
-        """Per-worker demand: (r,) int64 in RESOURCES order."""
-        return np.array([self.cpu_milli, self.memory_mb, self.gpus], np.int64)
+        """Per-worker demand: (r,) int64 in RESOURCES order (read-only)."""
+        d = np.array([self.cpu_milli, self.memory_mb, self.gpus], np.int64)
+        d.flags.writeable = False
+        return d
 
     @cached_property
     def asked(self) -> tuple[tuple[int, int], ...]:
         """(resource column, amount) of every resource one worker asks for."""
         return tuple((r, x) for r, x in enumerate((self.cpu_milli, self.memory_mb, self.gpus)) if x > 0)
-
-    @cached_property
-    def divisor(self) -> np.ndarray:
-        """demand with zeros replaced by 1, for slot counts: (r,) int64."""
-        return np.array([max(x, 1) for x in (self.cpu_milli, self.memory_mb, self.gpus)], np.int64)
-
-    @cached_property
-    def unbound(self) -> np.ndarray:
-        """A lift that keeps resources not asked for from bounding slot counts: (r,) int64."""
-        return np.array([0 if x else 2**31 for x in (self.cpu_milli, self.memory_mb, self.gpus)], np.int64)
 
     @cached_property
     def shares(self) -> np.ndarray:
@@ -225,11 +222,10 @@ class Placement:
     use: np.ndarray
     core_use: np.ndarray
     exclusive: bool = False
+    nodes: np.ndarray = field(init=False, repr=False)  # (m,) int64 node rows, from hosts
 
-    @cached_property
-    def nodes(self) -> np.ndarray:
-        """Node rows used: (m,) int64."""
-        return np.array([h[0] for h in self.hosts], np.int64)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", np.array([h[0] for h in self.hosts], np.int64))
 
     @property
     def workers(self) -> int:
@@ -348,7 +344,7 @@ def passing(table: NodeTable, request: Request, cores: bool = True) -> np.ndarra
     for r, amount in request.asked:  # a loop over resources: each column is contiguous
         ok &= table.free[:, r] >= amount
     if request.cores and cores:
-        rows = np.flatnonzero(ok)
+        rows = ok.nonzero()[0]
         ok[rows] = cores_fit(table.core_free[rows], request.shares)
     return ok
 
@@ -360,7 +356,7 @@ def place(table: NodeTable, request: Request, fit: str = "best",
           weights: np.ndarray | None = None) -> Placement | Refusal:
     """Choose nodes for every worker of ``request``, all or nothing; never mutates ``table``."""
     score_of = scorer(fit)
-    cand = np.flatnonzero(passing(table, request, cores=False))
+    cand = passing(table, request, cores=False).nonzero()[0]
     k = request.workers
     top = _best_rows(table, request, cand, score_of(table, request, weights)[cand], k) if cand.size else cand
     slots = 0
@@ -369,10 +365,10 @@ def place(table: NodeTable, request: Request, fit: str = "best",
             return _placement(table, request, top, _ONE)
         cap = _capacity(table, request, top, k)
         take = spread_slots(cap, k) if request.spread else pack_slots(cap, k)
-        if take.sum() == k:
-            m = int(np.count_nonzero(take))  # rows used are a prefix: rank order is kept
-            return _placement(table, request, top[:m], take[:m])
-        slots = int(cap.sum())
+        if sum(take) == k:
+            m = len(take) - take.count(0)  # the rows used are a prefix of the ranked rows
+            return _placement(table, request, top[:m], np.array(take[:m], np.int64))
+        slots = sum(cap)
     return _refusal(table, request, failures(table, request), slots)
 
 
@@ -395,12 +391,11 @@ def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.n
     return rank(cand[keep], score[keep], k)
 
 
-def _capacity(table: NodeTable, request: Request, rows: np.ndarray, k: int) -> np.ndarray:
-    """Workers each row can hold, at most k: (m,) int64."""
-    # Resources not asked for divide by 1 and are lifted past k: they never bind.
-    cap = np.minimum((table.free[rows] // request.divisor + request.unbound).min(1), k)
+def _capacity(table: NodeTable, request: Request, rows: np.ndarray, k: int) -> list[int]:
+    """Workers each of the (at most k) ``rows`` can hold, at most k."""
+    cap = [min([k] + [f[r] // amount for r, amount in request.asked]) for f in table.free[rows].tolist()]
     if request.cores:
-        cap, _ = pack_cores(table.core_free[rows], request.shares, cap)
+        return pack_cores(table.core_free[rows], request.shares, np.array(cap, np.int64))[0].tolist()
     return cap
 
 
@@ -408,6 +403,8 @@ def _placement(table: NodeTable, request: Request, rows: np.ndarray, slots: np.n
     """The Placement of ``slots`` workers on ``rows``, recording per-core shares."""
     if request.exclusive:  # the whole node, whatever the workers use
         use, core_use = table.total[rows], table.core_total[rows]
+    elif len(rows) == 1 and slots[0] == 1 and not request.cores:  # the common case, no copies
+        use, core_use = request.demand[None, :], table.no_core_use
     else:
         use = slots[:, None] * request.demand
         if request.cores:
@@ -453,7 +450,7 @@ def could_ever_fit(table: NodeTable, request: Request) -> Refusal | None:
     k = request.workers
     if cand.size >= k:  # every passing node holds at least one worker
         return None
-    slots = int(_capacity(conf, request, cand, k).sum())
+    slots = sum(_capacity(conf, request, cand, k))
     if slots >= k:
         return None
     refusal = _refusal(conf, request, failures(conf, request), slots, "BadConstraints")
@@ -472,13 +469,21 @@ def reserve(table: NodeTable, request: Request, placement: Placement) -> None:
     """
     rows = _rows(table, request, placement)
     free = table.free[rows] - placement.use
-    cores = placement.core_use.any()
+    cores = placement.exclusive or placement.core_use.any()
     core = table.core_free[rows] - placement.core_use if cores else None
     if free.min() < 0 or (cores and core.min() < 0):
         raise ValueError(f"placement no longer fits nodes {rows.tolist()}")
     table.free[rows] = free
     if cores:
         table.core_free[rows] = core
+
+
+def _take(table: NodeTable, placement: Placement) -> None:
+    """Subtract a placement made on this very table state (no checks: it fits)."""
+    rows = placement.nodes
+    table.free[rows] -= placement.use
+    if placement.exclusive or placement.core_use.any():
+        table.core_free[rows] -= placement.core_use
 
 
 def release(table: NodeTable, request: Request, placement: Placement) -> None:
@@ -520,7 +525,7 @@ def place_queue(table: NodeTable, requests: Sequence[Request], fit: str = "best"
     for request in requests:
         result = place(work, request, fit, weights)
         if isinstance(result, Placement):
-            reserve(work, request, result)
+            _take(work, result)  # just placed on work: it fits
         out.append(result)
     return out
 
@@ -533,10 +538,10 @@ def assign_batch(table: NodeTable, requests: Sequence[Request], fit: str = "best
     Requests go in queue-order chunks of ``chunk``; each round matches a
     chunk's requests x node-slots on a working copy (the most requests first,
     then the least total of 1 - score + queue position, so earlier requests
-    win when not all fit) and commits the pairs that still fit, cheapest
-    first; after ``rounds`` the rest are placed one by one. Worth it where
+    win when not all fit) and commits, in queue order, the pairs that still
+    fit; after ``rounds`` the rest are placed one by one. Worth it where
     queue order strands requests on scarce labelled or GPU nodes (see
-    bench/RESULTS-placement.md); gangs go through ``place_queue``.
+    bench/RESULTS-placement.md); otherwise, and for gangs, ``place_queue``.
     """
     if any(r.workers != 1 or r.exclusive for r in requests):
         raise ValueError("assign_batch takes single-worker, non-exclusive requests")
@@ -545,10 +550,10 @@ def assign_batch(table: NodeTable, requests: Sequence[Request], fit: str = "best
     for start in range(0, len(requests), chunk):
         todo = np.arange(start, min(start + chunk, len(requests)))
         for _ in range(rounds):
-            placed = _assign_round(work, requests, todo, fit, weights, out) if todo.size else todo
-            if not placed.any():
-                break
+            placed = _assign_round(work, requests, todo, fit, weights, out)
             todo = todo[~placed]
+            if not (placed.any() and todo.size):
+                break
         for t in todo.tolist():
             out[t] = result = place(work, requests[t], fit, weights)
             if isinstance(result, Placement):

@@ -4,7 +4,7 @@ Scorers rank nodes for one more worker; ``rank`` takes the best rows, ties by
 node order; ``pack_slots``/``spread_slots`` share a gang's workers over the
 ranked rows; ``pack_cores`` chooses cores for per-process shares (best fit);
 ``match`` assigns many requests at once (linear_sum_assignment). Everything
-here is numpy over arrays ``placement`` hands in, and never mutates them.
+here is numpy over arrays ``placement`` hands in, and never writes to them.
 
 A scorer is ``(table, request, weights=None) -> (n,) float64`` in [0, 1],
 higher is better, computed for every row (rows that fail a check get a score
@@ -130,12 +130,20 @@ def rank(idx: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """The best min(k, m) rows, best first, ties by node order: (<=k,) int64.
 
     idx: (m,) int64 candidate rows in ascending node order; score: (m,) float64.
-    Costs O(m) plus a sort of the k winners on large m, not a sort of all m rows.
+    Never sorts all m rows when m is large: k argmax passes for a small gang,
+    else a partition around the k-th score and a sort of the k winners.
     """
     m = len(idx)
     if k == 1 and m:
         return idx[[int(np.argmax(score))]]  # argmax returns the first maximum
-    if m > max(4 * k, 512):  # below this a stable sort costs less than the partition
+    if m > 256 and k <= 8:  # one pass per worker; the taken row drops out
+        left = score.copy()
+        best = []
+        for _ in range(k):
+            best.append(int(left.argmax()))
+            left[best[-1]] = -np.inf
+        return idx[best]
+    if m > 256 and m > k:
         cut = np.partition(score, m - k)[m - k]  # k-th largest score
         above = np.flatnonzero(score > cut)
         ties = np.flatnonzero(score == cut)[: k - len(above)]  # lowest rows win ties
@@ -144,31 +152,45 @@ def rank(idx: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(-score, kind="stable")[:k]]
 
 
-def pack_slots(cap: np.ndarray, k: int) -> np.ndarray:
-    """Fill ranked rows to capacity, best first, until k workers: (m,) int64.
+# The ranked rows of a gang number at most k, one worker or more each: the
+# two dealers below work on plain ints, which costs less than numpy calls on
+# arrays this small. They never see the n nodes.
 
-    cap: (m,) int64 workers each row can hold, rows best first.
+
+def pack_slots(cap: list[int], k: int) -> list[int]:
+    """Fill ranked rows to capacity, best first, until k workers are dealt.
+
+    cap: workers each row can hold, rows best first (at most k rows).
     """
-    before = np.cumsum(cap) - cap
-    return np.minimum(np.maximum(k - before, 0), cap)
+    take = []
+    for c in cap:
+        take.append(min(c, k))
+        k -= take[-1]
+    return take
 
 
-def spread_slots(cap: np.ndarray, k: int) -> np.ndarray:
-    """Deal k workers round-robin over ranked rows, one per row per round: (m,) int64.
+def spread_slots(cap: list[int], k: int) -> list[int]:
+    """Deal k workers round-robin over ranked rows, one per row per round.
 
-    cap: (m,) int64 workers each row can hold, rows best first.
+    cap: workers each row can hold, rows best first (at most k rows).
     """
-    if cap.sum() <= k:
-        return cap.copy()
-    level = 1  # rounds needed: the smallest level with sum(min(cap, level)) >= k
-    while np.minimum(cap, level).sum() < k:
-        level += 1
-    base = np.minimum(cap, level - 1)
-    more = cap >= level  # rows that take a worker in the last round, best first
-    return base + (more & (np.cumsum(more) <= k - base.sum()))
+    if sum(cap) <= k:
+        return list(cap)
+    lo, hi = 1, k  # rounds needed: the smallest level with sum(min(c, level)) >= k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if sum(min(c, mid) for c in cap) < k else (lo, mid)
+    take = [min(c, lo - 1) for c in cap]
+    left = k - sum(take)
+    for i, c in enumerate(cap):  # the last round, best rows first
+        if left and c >= lo:
+            take[i] += 1
+            left -= 1
+    return take
 
 
-def match(cost: np.ndarray, slots: np.ndarray, max_columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def match(cost: np.ndarray, slots: np.ndarray,
+          max_columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Assign rows to columns, at most slots[j] rows to column j: most rows first, then least cost.
 
     cost: (q, n) float64 in [0, 1], inf where row i cannot take column j;
@@ -228,7 +250,8 @@ def pack_cores(core_free: np.ndarray, shares: np.ndarray, limit: np.ndarray) -> 
     return packed, core_free - rem
 
 
-def _pack_equal(core_free: np.ndarray, share: int, p: int, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pack_equal(core_free: np.ndarray, share: int, p: int,
+                limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``pack_cores`` in closed form when all p shares are equal.
 
     Best fit then fills the tightest core that holds a share until it holds

@@ -1,0 +1,214 @@
+"""Properties of the placement core (hypothesis): capacity, gangs, reserve/release, passes."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from oaasd import placement as pl
+from oaasd import scoring as sc
+from oaasd.placement import Placement, Refusal, Request
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FITS = st.sampled_from(sorted(pl.SCORERS))
+
+
+@st.composite
+def tables(draw) -> pl.NodeTable:
+    """1-6 small heterogeneous nodes, some drained, some with GPUs, labels and uneven cores."""
+    n = draw(st.integers(1, 6))
+    specs = []
+    for i in range(n):
+        cores = draw(st.lists(st.sampled_from([250, 500, 1000, 1500]), min_size=1, max_size=4))
+        specs.append({"name": f"n{i}", "core_milli": cores,
+                      "memory_mb": draw(st.sampled_from([0, 1000, 2000, 4000])),
+                      "gpus": draw(st.integers(0, 2)),
+                      "labels": {"zone": draw(st.sampled_from("ab"))},
+                      "schedulable": draw(st.booleans() | st.just(True))})
+    return pl.NodeTable.from_specs(specs)
+
+
+@st.composite
+def requests(draw, single: bool = False) -> Request:
+    """Small requests: plain or per-core, gangs of 1-5, labels, spread, sometimes exclusive."""
+    cores = draw(st.just(()) | st.lists(st.sampled_from([250, 500, 750, 1000]), min_size=1, max_size=3))
+    cpu = 0 if cores else draw(st.sampled_from([0, 250, 500, 1000, 2000]))
+    memory = draw(st.sampled_from([0, 500, 1000, 3000]))
+    gpus = draw(st.sampled_from([0, 0, 0, 1]))
+    if not (cores or cpu or memory or gpus):
+        memory = 500
+    return Request(cpu_milli=cpu, memory_mb=memory, gpus=gpus, cores=tuple(cores),
+                   workers=1 if single else draw(st.integers(1, 5)),
+                   labels=draw(st.just({}) | st.just({"zone": "a"})),
+                   spread=draw(st.booleans()),
+                   exclusive=not single and draw(st.sampled_from([False, False, False, True])))
+
+
+def within_capacity(t: pl.NodeTable) -> None:
+    """No node over capacity on any resource or any core; CPU budget never above its cores."""
+    assert ((0 <= t.free) & (t.free <= t.total)).all()
+    assert ((0 <= t.core_free) & (t.core_free <= t.core_total)).all()
+    assert (t.free[:, 0] <= t.core_free.sum(1)).all()
+
+
+def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
+    """A placement holds every worker on distinct, schedulable, matching nodes."""
+    rows = p.nodes
+    assert p.workers == r.workers and len(set(rows.tolist())) == len(rows)
+    assert all(s >= 1 for _, s in p.hosts)
+    assert t.schedulable[rows].all()
+    assert not pl.label_mismatch(t, r)[rows].any()
+    if r.exclusive:
+        assert not pl.not_idle(t, r)[rows].any()
+
+
+@SETTINGS
+@given(tables(), st.lists(st.tuples(requests(), FITS, st.integers(0, 9)), max_size=12))
+def test_any_sequence_of_place_reserve_release_stays_within_capacity(t, steps):
+    held: list[tuple[Request, Placement]] = []
+    for r, fit, release_at in steps:
+        before = (t.free.copy(), t.core_free.copy())
+        got = pl.place(t, r, fit)
+        assert np.array_equal(t.free, before[0]) and np.array_equal(t.core_free, before[1])
+        if isinstance(got, Placement):
+            check_placement(t, r, got)
+            pl.reserve(t, r, got)
+            held.append((r, got))
+        else:
+            assert got.workers == r.workers and got.slots < r.workers
+        if held and release_at < 3:
+            pl.release(t, *held.pop(release_at % len(held)))
+        within_capacity(t)
+
+
+@SETTINGS
+@given(tables(), st.lists(st.tuples(requests(), FITS), max_size=6), requests(), FITS)
+def test_reserve_then_release_restores_exactly(t, prior, r, fit):
+    for q, f in prior:
+        got = pl.place(t, q, f)
+        if isinstance(got, Placement):
+            pl.reserve(t, q, got)
+    free, core_free = t.free.copy(), t.core_free.copy()
+    got = pl.place(t, r, fit)
+    if isinstance(got, Placement):
+        pl.reserve(t, r, got)
+        pl.release(t, r, got)
+    assert np.array_equal(t.free, free) and np.array_equal(t.core_free, core_free)
+    assert t.free.dtype == np.int64 and t.core_free.dtype == np.int64
+
+
+@SETTINGS
+@given(tables(), requests(), st.lists(st.integers(0, 5), max_size=3))
+def test_gang_is_all_or_nothing_and_checks_agree(t, r, drain):
+    for i in drain:
+        t.schedulable[i % len(t.names)] = False
+    assert np.array_equal(pl.passing(t, r), ~pl.failures(t, r).any(0))
+    got = pl.place(t, r)
+    if isinstance(got, Placement):
+        check_placement(t, r, got)
+        assert sum(s for _, s in got.hosts) == r.workers
+    else:
+        assert isinstance(got, Refusal) and got.reason in ("Resources", "ReqNodeNotAvail")
+        assert sum(got.counts.values()) + int(pl.passing(t, r).sum()) == len(t.names)
+
+
+@SETTINGS
+@given(tables(), st.lists(requests(), max_size=15), FITS)
+def test_place_queue_never_over_commits(t, queue, fit):
+    free, core_free = t.free.copy(), t.core_free.copy()
+    results = pl.place_queue(t, queue, fit)
+    assert np.array_equal(t.free, free) and np.array_equal(t.core_free, core_free)
+    for r, got in zip(queue, results):
+        if isinstance(got, Placement):
+            check_placement(t, r, got)
+            pl.reserve(t, r, got)  # raises if the pass handed out more than there is
+            within_capacity(t)
+
+
+@SETTINGS
+@given(tables(), st.lists(requests(single=True), max_size=15), FITS)
+def test_assign_batch_never_over_commits(t, queue, fit):
+    results = pl.assign_batch(t, queue, fit)
+    greedy = pl.place_queue(t, queue, fit)
+    for r, got in zip(queue, results):
+        if isinstance(got, Placement):
+            check_placement(t, r, got)
+            pl.reserve(t, r, got)
+            within_capacity(t)
+    # A request nothing could hold alone is refused by both.
+    for r, got, g in zip(queue, results, greedy):
+        if pl.could_ever_fit(t, r) is not None:
+            assert isinstance(got, Refusal) and isinstance(g, Refusal)
+
+
+@SETTINGS
+@given(tables(), requests(), st.lists(st.tuples(requests(), FITS), max_size=4))
+def test_could_ever_fit_matches_placing_on_the_idle_cluster(t, r, load):
+    for q, f in load:  # use and drains must not change the answer
+        got = pl.place(t, q, f)
+        if isinstance(got, Placement):
+            pl.reserve(t, q, got)
+    t.schedulable[0] = False
+    idle = t.configured.copy()
+    verdict = pl.could_ever_fit(t, r)
+    assert (verdict is None) == isinstance(pl.place(idle, r), Placement)
+    if verdict is not None:
+        assert verdict.reason == "BadConstraints"
+
+
+@SETTINGS
+@given(tables(), requests(), st.lists(st.floats(0, 5), min_size=3, max_size=3), FITS)
+def test_scores_are_finite_and_within_unit_interval(t, r, weights, fit):
+    for w in (None, np.array(weights)):
+        s = pl.SCORERS[fit](t, r, w)
+        assert s.shape == (len(t.names),) and np.isfinite(s).all()
+        assert (s >= -1e-12).all() and (s <= 1 + 1e-12).all()
+
+
+def python_best_fit(cores: list[int], shares: list[int], limit: int) -> tuple[int, list[int]]:
+    """Reference best-fit decreasing, one core at a time."""
+    rem = list(cores)
+    for w in range(limit):
+        trial = list(rem)
+        for s in sorted(shares, reverse=True):
+            fitting = [j for j, f in enumerate(trial) if f >= s]
+            if not fitting:
+                return w, [c - r for c, r in zip(cores, rem)]
+            j = min(fitting, key=lambda j: (trial[j], j))
+            trial[j] -= s
+        rem = trial
+    return limit, [c - r for c, r in zip(cores, rem)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0, 100, 250, 300, 500, 700, 1000]), min_size=4, max_size=4),
+                min_size=1, max_size=4),
+       st.lists(st.sampled_from([100, 250, 300, 500]), min_size=1, max_size=4),
+       st.lists(st.integers(0, 6), min_size=4, max_size=4))
+def test_pack_cores_matches_reference_best_fit(rows, shares, limits):
+    cf = np.array(rows, np.int64)
+    lim = np.array(limits[: len(rows)], np.int64)
+    sh = np.sort(np.array(shares, np.int64))[::-1].copy()
+    packed, use = sc.pack_cores(cf, sh, lim)
+    for i, row in enumerate(rows):
+        ref_packed, ref_use = python_best_fit(row, shares, int(lim[i]))
+        assert packed[i] == ref_packed and use[i].tolist() == ref_use
+    fits = sc.cores_fit(cf, sh)
+    assert fits.tolist() == [python_best_fit(row, shares, 1)[0] == 1 for row in rows]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=8), st.integers(1, 40))
+def test_slot_dealers_match_one_worker_at_a_time(cap, k):
+    spread, left = [0] * len(cap), k
+    while left and any(t < c for t, c in zip(spread, cap)):
+        for i, c in enumerate(cap):  # one per row per round, best rows first
+            if left and spread[i] < c:
+                spread[i], left = spread[i] + 1, left - 1
+    pack, left = [0] * len(cap), k
+    for i, c in enumerate(cap):  # fill the best row before the next
+        while left and pack[i] < c:
+            pack[i], left = pack[i] + 1, left - 1
+    assert sc.spread_slots(cap, k) == spread
+    assert sc.pack_slots(cap, k) == pack

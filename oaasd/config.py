@@ -28,6 +28,7 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     kill_grace_s: float = Field(5.0, ge=0)
     log_format: Literal["text", "json"] = "text"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator("listen")
     @classmethod

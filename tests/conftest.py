@@ -38,13 +38,14 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "daemon.log"
+        self.server_extra = ""
 
     def write_config(self, body: str | None = None) -> None:
         """(Re)write the config file: server section plus ``body``."""
         if body is not None:
             self.config_body = body
         server = (f'[server]\nlisten = "127.0.0.1:{self.port}"\nstate_dir = "{self.state_dir}"\n'
-                  f"kill_grace_s = 1.0\n")
+                  f"kill_grace_s = 1.0\n{self.server_extra}")
         self.config_path.write_text(server + self.config_body)
 
     def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> "Daemon":

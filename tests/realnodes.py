@@ -160,6 +160,15 @@ class RealNode:
                 pass
         return out
 
+    def drop_connections(self) -> None:
+        """SIGKILL the per-connection sshd processes: every open connection drops,
+        the listener and the tasks stay (a network blip, not a crash)."""
+        for proc in self.sshd_tree()[1:]:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:  # died with its privsep parent
+                pass
+
     def freeze(self, tasks: bool = False) -> None:
         """SIGSTOP the node's sshd processes (and with ``tasks`` everything it
         started): a hung or cut-off node whose TCP connections stay open."""

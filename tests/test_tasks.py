@@ -184,3 +184,21 @@ def test_never_fitting_task_is_refused(daemon):
     assert {"check": "InsufficientMemory", "nodes": 1}.items() <= body["detail"][0].items()
     status, listing = daemon.request("GET", "/v1/tasks")
     assert listing["items"] == []
+
+
+def test_cancel_gives_the_program_its_grace_period(daemon, tmp_path):
+    marker = tmp_path / "cleaned"
+    code = ("import signal, sys, time\n"
+            f"def bye(*_):\n    open({str(marker)!r}, 'w').write('yes')\n    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    tid = daemon.submit({"command": [sys.executable, "-c", code]})
+    deadline = time.time() + 15
+    while "ready" not in daemon.request("GET", f"/v1/tasks/{tid}/logs")[1]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert daemon.request("DELETE", f"/v1/tasks/{tid}")[0] == 202
+    view = daemon.wait(tid)
+    assert view["state"] == "CANCELLED"
+    assert marker.read_text() == "yes", "the SIGTERM handler must run before any SIGKILL"

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import psutil
 
 from ..seams import Exit, LaunchJob, Locator
-from .local import LocalHandle, LocalLauncher, kill_group, wait_pidfd
+from .local import EndedHandle, LocalHandle, LocalLauncher, kill_group, wait_pidfd
 from .pool import NodeConn, NodeError, SshOptions, SshPool
 from .ssh import FETCH_MARK, env_pairs, new_tag, remote_command, remote_dir
 
@@ -78,7 +78,7 @@ def hostfile_text(job: LaunchJob) -> str:
 class MpiHandle:
     """mpirun's local group plus the tagged processes on every host."""
 
-    def __init__(self, launcher: MpiLauncher, job: LaunchJob, local: LocalHandle, locator: Locator):
+    def __init__(self, launcher: MpiLauncher, job: LaunchJob, local: LocalHandle | EndedHandle, locator: Locator):
         self.launcher = launcher
         self.pool = launcher.pool
         self.job = job
@@ -131,6 +131,8 @@ class MpiHandle:
     async def _kill_local(self, grace_s: float) -> None:
         """TERM mpirun itself (it forwards to ranks); after grace_s KILL its group and
         every descendant (mpirun puts its ssh clients in process groups of their own)."""
+        if not isinstance(self.local, LocalHandle):  # ended before an adopt: the pid is not ours
+            return
         leader = self.locator.pid
         tree = _descendants(leader)
         mpirun = [p for p in tree if _ppid(p) == leader]  # the wrapper stays to record the exit
@@ -277,7 +279,9 @@ class MpiLauncher:
         return MpiHandle(self, job, handle, locator)
 
     async def adopt(self, job: LaunchJob, locator: Locator) -> MpiHandle | None:
-        """Reattach to a live mpirun; when it is gone, sweep its hosts and return None."""
+        """Reattach to a live mpirun, or to one that ended leaving its exit record
+        (its hosts are swept and its result fetched by ``wait``); when it is gone
+        without a record, sweep its hosts and return None."""
         handle = await self.local.adopt(job, locator)
         if handle is None:
             sweeper = MpiHandle(self, job, LocalHandle(job, locator, None), locator)

@@ -135,7 +135,7 @@ class SshPool:
             try:
                 conn = await self._connect(node)
             except NodeError as exc:
-                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** count)
+                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** min(count, 16))
                 self._failures[node] = (count + 1, time.monotonic() + delay, exc)
                 raise
             self._failures.pop(node, None)

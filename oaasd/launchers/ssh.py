@@ -77,7 +77,7 @@ FETCH_MARK=--oaas-fetch--
 case $verb in
 launch)  # DIR TAG CMD...: start CMD detached, print "PID START ABSDIR"
   d=$1 tag=$2; shift 2
-  mkdir -p "$d" && cd -P "$d" || exit 97
+  mkdir -p -m 700 "$d" && cd -P "$d" || exit 97
   d=$PWD
   for f in exit result.json pid; do [ ! -e $f ] || rm -f $f; done
   export OAAS_EXIT_FILE="$d/exit" OAAS_RESULT_FILE="$d/result.json" OAAS_LAUNCH_TAG="$tag"
@@ -132,7 +132,7 @@ fetch)  # DIR: a marker line, "exit=RC", then "result" and result.json's bytes, 
 remove)  # DIR
   [ -n "$1" ] && rm -rf -- "$1";;
 prepare)  # DIR HOSTFILE_TEXT: make an MPI attempt dir, print its absolute path
-  mkdir -p "$1" && cd -P "$1" || exit 97
+  mkdir -p -m 700 "$1" && cd -P "$1" || exit 97
   rm -f result.json; printf '%s' "$2" > hostfile; echo "$PWD";;
 probe)  # ROOT: "load1 load5 load15 cpus mem_total_kb mem_avail_kb disk_total_kb disk_avail_kb"
   mkdir -p "$1" 2>/dev/null

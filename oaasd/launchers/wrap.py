@@ -15,8 +15,10 @@ from pathlib import Path
 
 from ..seams import Exit
 
-# Constant text: user input only ever reaches it as "$@".
-WRAP_SCRIPT = '"$@"\nrc=$?\necho "$rc" > "$OAAS_EXIT_FILE"\nexit "$rc"\n'
+# Constant text: user input only ever reaches it as "$@". The trap keeps the
+# wrapper alive through the group's SIGTERM, so the program gets its grace
+# period and the wrapper still records how it ended.
+WRAP_SCRIPT = 'trap : TERM INT HUP\n"$@"\nrc=$?\necho "$rc" > "$OAAS_EXIT_FILE"\nexit "$rc"\n'
 
 
 def wrap_argv(argv: list[str] | tuple[str, ...]) -> list[str]:

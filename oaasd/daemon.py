@@ -140,7 +140,7 @@ class Daemon:
 
     def dispatch(self, task_id: int, request: pl.Request, placed: Any) -> None:
         """Launch a placed task in its own coroutine (resources already reserved)."""
-        self.runner._spawn(self._launch(task_id, request, placed), f"launch-{task_id}")
+        self.runner.bg.spawn(self._launch(task_id, request, placed), f"launch-{task_id}")
 
     async def _launch(self, task_id: int, request: pl.Request, placed: Any) -> None:
         row = await self.store.get_task(task_id)

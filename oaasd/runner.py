@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .background import Background
 from .models import TaskSpec
 from .protocol import LineTail, Report, parse_line, read_result_file
 from .seams import Exit, Handle, Host, LaunchJob, Locator
@@ -84,7 +85,7 @@ class Runner:
     def __init__(self, daemon: "Daemon"):
         self.d = daemon
         self.runs: dict[int, Run] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.bg = Background(daemon.fatal)
 
     def attempt_dir(self, task_id: int, seq: int) -> Path:
         """Return the head-node directory of one attempt."""
@@ -113,7 +114,7 @@ class Runner:
         record = {"pid": loc.pid, "start_time": loc.start_time, "launcher": kind, **loc.extra}
         (adir / "locator.json").write_text(json.dumps(record))
         await self.d.store.set_locator(attempt_id, record)
-        self._spawn(self._watch(run), f"attempt-{attempt_id}")
+        self.bg.spawn(self._watch(run), f"attempt-{attempt_id}")
 
     async def adopt(self, row: dict[str, Any], hosts: list[Host]) -> bool:
         """Reattach to an attempt found RUNNING at start; False when it is gone."""
@@ -137,20 +138,10 @@ class Runner:
             return False
         run.handle = handle
         run.skip_metrics = await self.d.store.count_metrics(run.attempt_id)
-        self._spawn(self._watch(run), f"attempt-{run.attempt_id}")
+        self.bg.spawn(self._watch(run), f"attempt-{run.attempt_id}")
         log.info("task %d: re-adopted attempt %d (pid %d) on %s", run.task_id, run.attempt_id,
                  handle.locator.pid, run.node)
         return True
-
-    def _spawn(self, coro, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
-
-    def _reap(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.d.fatal(f"{task.get_name()} died: {task.exception()!r}")
 
     # ---- watch ------------------------------------------------------
     async def _watch(self, run: Run) -> None:
@@ -167,7 +158,7 @@ class Runner:
                 interval = TAIL_INTERVAL_S[0] if got else min(interval * 2, TAIL_INTERVAL_S[1])
                 if deadline is not None and not waiter.done() and time.time() >= deadline and not run.timed_out:
                     run.timed_out = True
-                    self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
+                    self.bg.spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
             exit_ = waiter.result()
         except asyncio.CancelledError:
             waiter.cancel()  # daemon shutdown: leave the process to be re-adopted
@@ -253,7 +244,7 @@ class Runner:
                 run.requeue_reason = reason
             else:
                 run.cancel_reason = reason
-            self._spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
+            self.bg.spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
         return True
 
     async def node_lost(self, node: str, reason: str) -> list[int]:
@@ -263,7 +254,7 @@ class Runner:
             run = self.runs[task_id]
             if run.lost_reason is None and run.cancel_reason is None and run.requeue_reason is None:
                 run.lost_reason = f"node {node} DOWN: {reason}"
-                self._spawn(self._kill_quietly(run), f"kill-{run.attempt_id}")
+                self.bg.spawn(self._kill_quietly(run), f"kill-{run.attempt_id}")
         return lost
 
     async def _kill_quietly(self, run: Run) -> None:
@@ -278,9 +269,7 @@ class Runner:
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching, leave every process running."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bg.cancel_all()
 
 
 def _read_locator(adir: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from .background import Background
 from .errors import ConflictError, UnsatisfiableError, ValidationFailedError, pydantic_detail
 from .models import TaskSpec
 from .states import Reason, State
@@ -87,7 +88,7 @@ class Tunings:
         self.pruning: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.bg = Background(daemon.fatal)
 
     # ---- intake -----------------------------------------------------
     async def create(self, raw: dict[str, Any], desc: TuningDescription, template: TaskSpec) -> int:
@@ -112,7 +113,7 @@ class Tunings:
         if budget is not None:
             delay = max(0.0, created_at + budget - time.time())
             self._timers[tuning_id] = asyncio.get_running_loop().call_later(
-                delay, lambda: self._spawn(self.step(tuning_id), f"tuning-{tuning_id}-budget"))
+                delay, lambda: self.bg.spawn(self.step(tuning_id), f"tuning-{tuning_id}-budget"))
         return tuner
 
     def _forget(self, tuning_id: int) -> None:
@@ -270,21 +271,11 @@ class Tunings:
     def _lock(self, tuning_id: int) -> asyncio.Lock:
         return self._locks.setdefault(tuning_id, asyncio.Lock())
 
-    def _spawn(self, coro, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
-
-    def _reap(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.d.fatal(f"{task.get_name()} died: {task.exception()!r}")
-
     def stop(self) -> None:
         """Daemon shutdown: drop timers and pending steps (a restart resumes them)."""
         for timer in self._timers.values():
             timer.cancel()
-        for task in list(self._tasks):
+        for task in list(self.bg.tasks):
             task.cancel()
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .errors import InvalidRequestError, NotFoundError, OaasError, TooLargeError, ValidationFailedError, pydantic_detail
+from .errors import InvalidRequestError, OaasError, TooLargeError, ValidationFailedError, pydantic_detail
 from .models import TaskSpec
-from .states import State, is_final
+from .states import State
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -184,12 +184,3 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "schema_version": await d.store.schema_version(),
                           "running": len(d.runner.runs), "pending": d.scheduler.queue_length})
 
-
-def not_found(message: str) -> NotFoundError:
-    """A 404 naming the path."""
-    return NotFoundError(message, [{"field": "path", "problem": message}])
-
-
-def final(state: str) -> bool:
-    """True when a task state is final (for handlers that follow)."""
-    return is_final(state)

@@ -155,10 +155,6 @@ class Daemon:
             self.cluster.release(task_id)
             self.wake_scheduler()
 
-    def release(self, task_id: int, node: str, placement: dict[str, Any]) -> None:
-        """Free an ended attempt's resources."""
-        self.cluster.release(task_id)
-
     async def requeue(self, task_id: int) -> None:
         """Put a task whose node failed back into the queue."""
         row = await self.store.get_task(task_id)

@@ -224,7 +224,7 @@ class Runner:
                                           result=result)
         self.runs.pop(run.task_id, None)
         run.done.set()
-        self.d.release(run.task_id, run.node, run.placement)
+        self.d.cluster.release(run.task_id)
         self.d.publish_state(run.task_id, State.RUNNING, task_state, reason, message, result=result)
         if task_state == State.PENDING:
             await self.d.requeue(run.task_id)

@@ -449,8 +449,3 @@ class Store:
             f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec "
             "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.state='RUNNING' ORDER BY a.id")
         return rows
-
-    async def count_by_state(self) -> dict[str, int]:
-        """Return the number of tasks in each state."""
-        return dict(await self._rows("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
-

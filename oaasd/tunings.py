@@ -111,7 +111,9 @@ class Tunings:
         self.series.setdefault(tuning_id, {})
         budget = tuner.description.time_budget_s
         if budget is not None:
-            delay = max(0.0, created_at + budget - time.time())
+            # The loop may run a timer a hair before its delay, and the step
+            # measures the budget on the wall clock: arm just past it, never before.
+            delay = max(0.0, created_at + budget - time.time()) + 0.05
             self._timers[tuning_id] = asyncio.get_running_loop().call_later(
                 delay, lambda: self.bg.spawn(self.step(tuning_id), f"tuning-{tuning_id}-budget"))
         return tuner

@@ -115,6 +115,7 @@ class MpiConfig(Section):
 
     mpirun: str = "mpirun"
     args: list[str] = Field(default_factory=list, description="e.g. --mca plm_rsh_args, --bind-to, --map-by")
+    env: dict[str, str] = Field(default_factory=dict, description="mpirun's own environment, e.g. PMIX_MCA_gds")
 
 
 class HealthConfig(Section):

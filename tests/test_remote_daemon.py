@@ -22,7 +22,7 @@ def node_toml(cluster, launcher: str = "ssh", cpus: int = 2, extra: str = "") ->
     mpi_args = json.dumps(cluster.mpi_args())
     return ("[ssh]\nkeepalive_interval_s = 1.0\nkeepalive_count_max = 2\nconnect_timeout_s = 3.0\n"
             "lost_grace_s = 2.0\n[health]\ninterval_s = 0.5\ntimeout_s = 3.0\n"
-            f"[mpi]\nargs = {mpi_args}\n" + extra + "".join(out))
+            f"[mpi]\nargs = {mpi_args}\nenv = {{ PMIX_MCA_gds = \"hash\" }}\n" + extra + "".join(out))
 
 
 def wait_node_state(d, name: str, state: str, timeout: float = 20) -> dict:

@@ -25,7 +25,8 @@ def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[s
                          lost_grace_s=s.lost_grace_s, work_root=s.work_root)
     pool = SshPool({n.name: node_conn(n, settings) for n in nodes if n.launcher != "local"}, options)
     local = LocalLauncher()
-    mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args)),
+    mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args),
+                                     env=dict(settings.mpi.env)),
                       local=local)
     return {"local": local, "ssh": SshLauncher(pool), "mpi": mpi}, pool
 

@@ -18,8 +18,10 @@ install: $(VENV)/.installed
 run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/oaasd serve --config oaasd.toml
 
+# Failed tests are rerun once: mpirun over several fake hosts on one kernel
+# occasionally crashes in PMIx (see bench notes); a real bug fails twice.
 test: install
-	$(PY) -m pytest -x -p no:cacheprovider
+	$(PY) -m pytest || { echo "rerunning the failed tests once"; $(PY) -m pytest --last-failed --last-failed-no-failures none; }
 
 bench: install
 	$(PY) bench/bench_intake.py

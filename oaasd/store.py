@@ -110,7 +110,7 @@ class Store:
 
     async def schema_version(self) -> int:
         """Return the applied schema version."""
-        return (await self._rows("PRAGMA user_version"))[0][0]
+        return (await self.rows("PRAGMA user_version"))[0][0]
 
     # ---- the writer -------------------------------------------------
     def _submit_op(self, op: Op | NewTask) -> asyncio.Future:
@@ -298,7 +298,7 @@ class Store:
 
     async def load_nodes(self) -> list[dict[str, Any]]:
         """Every stored node row: run-time additions, removals and intents."""
-        rows = await self._fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
+        rows = await self.fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
         return [{**r, "config": json.loads(r["config"])} for r in rows]
 
     # ---- tunings -----------------------------------------------------
@@ -344,7 +344,7 @@ class Store:
 
     async def get_tuning(self, tuning_id: int) -> dict[str, Any]:
         """Return a tuning row (description decoded), or raise NotFoundError."""
-        rows = await self._fetch("SELECT id, name, user, state, reason, description, created_at, ended_at "
+        rows = await self.fetch("SELECT id, name, user, state, reason, description, created_at, ended_at "
                                  "FROM tunings WHERE id=?", (tuning_id,))
         if not rows:
             raise NotFoundError(f"no tuning {tuning_id}", [{"field": "id", "problem": "unknown tuning id"}])
@@ -361,16 +361,16 @@ class Store:
             where.append("id<?")
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self._fetch("SELECT id, name, user, state, reason, created_at, ended_at FROM tunings "
+        return await self.fetch("SELECT id, name, user, state, reason, created_at, ended_at FROM tunings "
                                  f"{clause} ORDER BY id DESC LIMIT ?", [*params, limit])
 
     async def running_tunings(self) -> list[int]:
         """Ids of every RUNNING tuning (to resume at start)."""
-        return [r[0] for r in await self._rows("SELECT id FROM tunings WHERE state='RUNNING' ORDER BY id")]
+        return [r[0] for r in await self.rows("SELECT id FROM tunings WHERE state='RUNNING' ORDER BY id")]
 
     async def tuning_trials(self, tuning_id: int) -> list[dict[str, Any]]:
         """Every trial of a tuning with its task's state, result, times and last node, oldest first."""
-        rows = await self._fetch(
+        rows = await self.fetch(
             "SELECT tr.task_id, tr.config, tr.baseline, tr.pruned, tr.prune_reason, t.state, t.reason, "
             "t.message, t.result, t.started_at, t.ended_at, "
             "(SELECT a.node FROM attempts a WHERE a.task_id = t.id ORDER BY a.seq DESC LIMIT 1) AS node "
@@ -382,45 +382,47 @@ class Store:
 
     async def trial_tuning(self, task_id: int) -> int | None:
         """The tuning a task is a trial of, or None."""
-        rows = await self._rows("SELECT tuning_id FROM trials WHERE task_id=?", (task_id,))
+        rows = await self.rows("SELECT tuning_id FROM trials WHERE task_id=?", (task_id,))
         return rows[0][0] if rows else None
 
     # ---- reads ------------------------------------------------------
-    async def _rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+    async def rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        """Run one read to completion; return its rows."""
         # One hop to the reader thread runs the statement to completion, so
         # concurrent reads never interleave on the connection: an unfinished
         # statement would hold an old WAL snapshot open for the next one.
         return list(await self._reader.execute_fetchall(sql, params))
 
-    async def _fetch(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._rows(sql, params)]
+    async def fetch(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
+        """Run one read to completion; return its rows as dicts."""
+        return [dict(r) for r in await self.rows(sql, params)]
 
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """Return a task row, or raise NotFoundError."""
-        rows = await self._fetch(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,))
+        rows = await self.fetch(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,))
         if not rows:
             raise NotFoundError(f"no task {task_id}", [{"field": "id", "problem": "unknown task id"}])
         return rows[0]
 
     async def task_events(self, task_id: int) -> list[dict[str, Any]]:
         """Return a task's state history, oldest first."""
-        return await self._fetch("SELECT at, old, new, reason, message FROM events WHERE task_id=? ORDER BY id",
+        return await self.fetch("SELECT at, old, new, reason, message FROM events WHERE task_id=? ORDER BY id",
                                  (task_id,))
 
     async def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
         """Return a task's attempts, first first."""
-        return await self._fetch(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id=? ORDER BY seq",
+        return await self.fetch(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id=? ORDER BY seq",
                                  (task_id,))
 
     async def task_metrics(self, task_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Return the last ``limit`` metrics a task reported, oldest first."""
-        rows = await self._fetch("SELECT attempt_id, at, data FROM metrics WHERE task_id=? ORDER BY id DESC LIMIT ?",
+        rows = await self.fetch("SELECT attempt_id, at, data FROM metrics WHERE task_id=? ORDER BY id DESC LIMIT ?",
                                  (task_id, limit))
         return [{**r, "data": json.loads(r["data"])} for r in reversed(rows)]
 
     async def count_metrics(self, attempt_id: int) -> int:
         """Return how many metrics an attempt has reported (to skip them on re-adoption)."""
-        return (await self._rows("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,)))[0][0]
+        return (await self.rows("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,)))[0][0]
 
     async def list_tasks(self, *, state: str | None = None, user: str | None = None,
                          name: str | None = None, parent_id: int | None = None,
@@ -435,17 +437,17 @@ class Store:
             where.append("id<?")
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self._fetch(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY id DESC LIMIT ?",
+        return await self.fetch(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY id DESC LIMIT ?",
                                  [*params, limit])
 
     async def pending_queue(self) -> list[tuple]:
         """Return (id, priority, submitted_at, spec_json) of every pending task, queue order."""
-        return await self._rows(
+        return await self.rows(
             "SELECT id, priority, submitted_at, spec FROM tasks WHERE state='PENDING' ORDER BY priority DESC, id")
 
     async def running_attempts(self) -> list[dict[str, Any]]:
         """Return every attempt still RUNNING, with its task's spec."""
-        rows = await self._fetch(
+        rows = await self.fetch(
             f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec "
             "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.state='RUNNING' ORDER BY a.id")
         return rows

@@ -70,24 +70,28 @@ def run_loop(main_coro, kind: str = "uvloop") -> int:
     return uvloop.run(main_coro) if kind == "uvloop" else asyncio.run(main_coro)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``oaasd serve``: load the settings and run the daemon until stopped."""
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"oaasd: config error: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_format or settings.server.log_format, args.log_level)
+    return run_loop(serve(settings), settings.server.event_loop)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: each sub-command sets ``func``."""
     parser = argparse.ArgumentParser(prog="oaasd", description="Optimization as a Service daemon")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_serve = sub.add_parser("serve", help="run the daemon in the foreground")
     p_serve.add_argument("--config", help="path to oaasd.toml (default: embedded defaults)")
     p_serve.add_argument("--log-format", choices=("text", "json"))
     p_serve.add_argument("--log-level", default="info")
+    p_serve.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
-    if args.cmd == "serve":
-        try:
-            settings = load_settings(args.config)
-        except ConfigError as exc:
-            print(f"oaasd: config error: {exc.message}", file=sys.stderr)
-            return 2
-        setup_logging(args.log_format or settings.server.log_format, args.log_level)
-        return run_loop(serve(settings), settings.server.event_loop)
-    return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Benchmark of the placement core: decision latency, pass time, baseline ratio, packing.
 
-Run: .venv/bin/python bench/bench_placement.py [--quick]
+Run: .venv/bin/python bench/bench_placement.py [--quick] [--against REV]
+
+``--against REV`` (e.g. HEAD) also times the passes of section 2 with the
+placement modules of git revision REV (loaded from ``git show`` into a
+temporary package), interleaved run by run with the working tree's on the
+same cluster and queue, and prints both medians and their ratio.
 
 Prints medians (time.perf_counter) of:
   1. one placement decision on 100 / 1,000 / 10,000 heterogeneous nodes
@@ -16,9 +21,12 @@ Prints medians (time.perf_counter) of:
 
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,6 +202,48 @@ def bench_pass(quick: bool) -> None:
     print()
 
 
+def load_revision(rev: str):
+    """The placement module of git revision ``rev``, imported as package ``oaasd_at_rev``."""
+    root = Path(__file__).resolve().parents[1]
+    pkg = Path(tempfile.mkdtemp(prefix="oaasd-rev-")) / "oaasd_at_rev"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("placement", "placement_pass", "scoring"):
+        text = subprocess.run(["git", "show", f"{rev}:oaasd/{name}.py"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+        (pkg / f"{name}.py").write_text(text.replace("oaasd.", "oaasd_at_rev.").replace(
+            "from oaasd import", "from oaasd_at_rev import"))
+    sys.path.insert(0, str(pkg.parent))
+    return importlib.import_module("oaasd_at_rev.placement")
+
+
+def bench_against(rev: str, quick: bool) -> None:
+    """Section 2 again, revision ``rev`` and the working tree interleaved run by run."""
+    global pl
+    print(f"## One scheduling pass, {rev} vs working tree, interleaved, median wall")
+    new, old = pl, load_revision(rev)
+    try:
+        pl = old  # make_cluster and make_queue build with the module in ``pl``
+        before = (make_cluster(1_000), make_queue(1_000), make_queue(1_000, max_workers=1))
+    finally:
+        pl = new
+    after = (make_cluster(1_000), make_queue(1_000), make_queue(1_000, max_workers=1))
+    reps = 5 if quick else 15
+    for label, q, fit in [("fit=best            1-8 workers", 1, "best"),
+                          ("fit=least_allocated 1-8 workers", 1, "least_allocated"),
+                          ("fit=best            1 worker   ", 2, "best")]:
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(reps + 1):  # the first run of each warms up
+            for mod, args, out in ((old, before, times[0]), (new, after, times[1])):
+                t0 = time.perf_counter()
+                mod.place_queue(args[0], args[q], fit)
+                out.append(time.perf_counter() - t0)
+        t_old, t_new = (statistics.median(t[1:]) for t in times)
+        print(f"{label}: {rev} {t_old * 1e3:7.1f} ms, now {t_new * 1e3:7.1f} ms, "
+              f"now/{rev} {t_new / t_old:.2f}")
+    print()
+
+
 def quality(table: pl.NodeTable, queue: list[pl.Request], results: list) -> str:
     """Tasks placed, workers placed, nodes used, mean CPU use of used nodes."""
     work = table.copy()
@@ -242,6 +292,8 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.1f}\n")
     bench_decisions(quick)
     bench_pass(quick)
+    if "--against" in sys.argv:
+        bench_against(sys.argv[sys.argv.index("--against") + 1], quick)
     bench_quality()
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 

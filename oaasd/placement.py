@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from oaasd.scoring import SCORERS  # noqa: F401  (re-exported: fits by name)
-from oaasd.scoring import cores_fit, match, pack_cores, pack_slots, rank, scorer, spread_slots
+from oaasd.scoring import cores_fit, match, pack_cores, pack_slots, rank, score_rows, scorer, spread_slots
 
 RESOURCES = ("cpu_milli", "memory_mb", "gpus")
 CPU, MEMORY, GPUS = 0, 1, 2
@@ -69,6 +69,7 @@ class NodeTable:
             a.flags.writeable = False
         self.label_index = {v: j for j, v in enumerate(self.label_vocab)}
         self.weight_cache: dict = {}  # scoring.node_weights, per weights; totals never change
+        self.label_cache: dict = {}  # label_match, per label set; labels never change
         self.has = self.total > 0  # (n, r): which resources each node has at all
         self.inv_total = np.divide(1.0, self.total, out=np.zeros(self.total.shape, order="F"), where=self.has)
         self.cap_max = self.total.max(0, initial=0)  # (r,): largest node per resource
@@ -205,6 +206,11 @@ class Request:
         return tuple((r, x) for r, x in enumerate((self.cpu_milli, self.memory_mb, self.gpus)) if x > 0)
 
     @cached_property
+    def label_key(self) -> tuple[tuple[str, str], ...]:
+        """The requested labels as a sorted tuple of (key, value): a dict key."""
+        return tuple(sorted(self.labels.items()))
+
+    @cached_property
     def shares(self) -> np.ndarray:
         """Per-process core shares of one worker, largest first: (p,) int64."""
         return np.sort(np.array(self.cores, np.int64))[::-1].copy()
@@ -222,10 +228,11 @@ class Placement:
     use: np.ndarray
     core_use: np.ndarray
     exclusive: bool = False
-    nodes: np.ndarray = field(init=False, repr=False)  # (m,) int64 node rows, from hosts
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "nodes", np.array([h[0] for h in self.hosts], np.int64))
+    @cached_property
+    def nodes(self) -> np.ndarray:
+        """The node rows, from hosts: (m,) int64 (made when first needed)."""
+        return np.array([h[0] for h in self.hosts], np.int64)
 
     @property
     def workers(self) -> int:
@@ -275,13 +282,25 @@ def unschedulable(table: NodeTable, request: Request) -> np.ndarray:
 
 def label_mismatch(table: NodeTable, request: Request) -> np.ndarray:
     """Nodes lacking one of the requested key=value labels: (n,) bool."""
-    n = len(table.names)
-    if not request.labels:
-        return np.zeros(n, bool)
-    cols = [table.label_index.get(f"{k}={v}") for k, v in request.labels.items()]
-    if None in cols:  # a pair no node carries
-        return np.ones(n, bool)
-    return ~table.labels[:, cols].all(1)
+    return ~label_match(table, request)
+
+
+def label_match(table: NodeTable, request: Request) -> np.ndarray:
+    """Nodes carrying every requested key=value label: (n,) bool, read-only.
+
+    Cached per label set on the table (shared by its copies: labels never change).
+    """
+    key = request.label_key
+    hit = table.label_cache.get(key)
+    if hit is None:
+        cols = [table.label_index.get(f"{k}={v}") for k, v in key]
+        if None in cols:  # a pair no node carries
+            hit = np.zeros(len(table.names), bool)
+        else:
+            hit = table.labels[:, cols].all(1)
+        hit.flags.writeable = False
+        table.label_cache[key] = hit
+    return hit
 
 
 def not_idle(table: NodeTable, request: Request) -> np.ndarray:
@@ -336,9 +355,7 @@ def passing(table: NodeTable, request: Request, cores: bool = True) -> np.ndarra
     on nodes that passed the rest (not at all with ``cores=False``); reasons
     are counted only for a refusal.
     """
-    ok = table.schedulable.copy()
-    if request.labels:
-        ok &= ~label_mismatch(table, request)
+    ok = table.schedulable & label_match(table, request) if request.labels else table.schedulable.copy()
     if request.exclusive:
         ok &= ~not_idle(table, request)
     for r, amount in request.asked:  # a loop over resources: each column is contiguous
@@ -358,16 +375,20 @@ def place(table: NodeTable, request: Request, fit: str = "best",
     score_of = scorer(fit)
     cand = passing(table, request, cores=False).nonzero()[0]
     k = request.workers
-    top = _best_rows(table, request, cand, score_of(table, request, weights)[cand], k) if cand.size else cand
+    if cand.size:  # score only the rows that passed: the built-in scorers take rows
+        cand = _best_rows(table, request, cand, score_rows(score_of, table, request, weights, cand), k)
     slots = 0
-    if top.size:
+    if cand.size:
         if k == 1:
-            return _placement(table, request, top, _ONE)
-        cap = _capacity(table, request, top, k)
+            return _placement(table, request, cand, _ONE)
+        cap, core_use = _capacity(table, request, cand, k)
         take = spread_slots(cap, k) if request.spread else pack_slots(cap, k)
         if sum(take) == k:
             m = len(take) - take.count(0)  # the rows used are a prefix of the ranked rows
-            return _placement(table, request, top[:m], np.array(take[:m], np.int64))
+            if take[:m] != cap[:m]:  # the per-core packing was made for more workers
+                core_use = None
+            return _placement(table, request, cand[:m], np.array(take[:m], np.int64),
+                              None if core_use is None else core_use[:m])
         slots = sum(cap)
     return _refusal(table, request, failures(table, request), slots)
 
@@ -391,25 +412,30 @@ def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.n
     return rank(cand[keep], score[keep], k)
 
 
-def _capacity(table: NodeTable, request: Request, rows: np.ndarray, k: int) -> list[int]:
-    """Workers each of the (at most k) ``rows`` can hold, at most k."""
+def _capacity(table: NodeTable, request: Request, rows: np.ndarray,
+              k: int) -> tuple[list[int], np.ndarray | None]:
+    """Workers each of the (at most k) ``rows`` can hold, at most k, and for a request
+    with per-core shares the cores those workers would take ((m, c) int64, else None)."""
     cap = [min([k] + [f[r] // amount for r, amount in request.asked]) for f in table.free[rows].tolist()]
     if request.cores:
-        return pack_cores(table.core_free[rows], request.shares, np.array(cap, np.int64))[0].tolist()
-    return cap
+        packed, core_use = pack_cores(table.core_free[rows], request.shares, np.array(cap, np.int64))
+        return packed.tolist(), core_use
+    return cap, None
 
 
-def _placement(table: NodeTable, request: Request, rows: np.ndarray, slots: np.ndarray) -> Placement:
-    """The Placement of ``slots`` workers on ``rows``, recording per-core shares."""
+def _placement(table: NodeTable, request: Request, rows: np.ndarray, slots: np.ndarray,
+               core_use: np.ndarray | None = None) -> Placement:
+    """The Placement of ``slots`` workers on ``rows``, recording per-core shares
+    (``core_use``: pack_cores' answer for exactly these slots, when already known)."""
     if request.exclusive:  # the whole node, whatever the workers use
         use, core_use = table.total[rows], table.core_total[rows]
     elif len(rows) == 1 and slots[0] == 1 and not request.cores:  # the common case, no copies
         use, core_use = request.demand[None, :], table.no_core_use
     else:
         use = slots[:, None] * request.demand
-        if request.cores:
+        if core_use is None and request.cores:
             _, core_use = pack_cores(table.core_free[rows], request.shares, slots)
-        else:
+        elif core_use is None:
             core_use = np.zeros((len(rows), table.core_free.shape[1]), np.int64)
     return Placement(tuple(zip(rows.tolist(), slots.tolist())), use, core_use, request.exclusive)
 
@@ -450,7 +476,7 @@ def could_ever_fit(table: NodeTable, request: Request) -> Refusal | None:
     k = request.workers
     if cand.size >= k:  # every passing node holds at least one worker
         return None
-    slots = sum(_capacity(conf, request, cand, k))
+    slots = sum(_capacity(conf, request, cand, k)[0])
     if slots >= k:
         return None
     refusal = _refusal(conf, request, failures(conf, request), slots, "BadConstraints")

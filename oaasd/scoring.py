@@ -8,7 +8,11 @@ here is numpy over arrays ``placement`` hands in, and never writes to them.
 
 A scorer is ``(table, request, weights=None) -> (n,) float64`` in [0, 1],
 higher is better, computed for every row (rows that fail a check get a score
-too; ``placement`` masks them out). Utilisation is measured *after* placing
+too; ``placement`` masks them out). The built-in ones also take ``rows``
+(m,) and score only those: each row's score is a fixed sequence of
+elementwise steps on that row alone (no BLAS, no reduction across rows), so
+a subset scores bit for bit as it does within the whole table, and
+``placement`` scores only the rows that pass its checks. Utilisation is measured *after* placing
 one worker, as Kubernetes' NodeResourcesFit does. ``weights`` is ``(r,)``
 float per resource in ``placement.RESOURCES`` order (default 1, 1, 1); a zero
 weight ignores that resource, and a node that has none of a resource
@@ -22,7 +26,7 @@ it is absolute, unlike ``most_allocated`` which is relative to each node.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
@@ -33,6 +37,27 @@ DEFAULT_WEIGHTS = np.ones(3)
 DEFAULT_WEIGHTS.flags.writeable = False
 
 Scorer = Callable[..., np.ndarray]
+
+
+class Factors(NamedTuple):
+    """Per-weights factors of the scorers (``node_weights``).
+
+    per_node: (n, r) float64, each row summing to 1 over the weighted
+    resources the node has (0 for none); row_sum: (n,) float64 (1 or 0);
+    cluster: (r,) float64 summing to 1 over resources some node has;
+    absolute: cluster / largest capacity, per resource (r floats), and
+    absolute_vec the same as (r,) float64; relative: per_node / the node's own
+    total, (n, r) float64.
+    """
+
+    per_node: np.ndarray
+    row_sum: np.ndarray
+    cluster: np.ndarray
+    absolute: tuple[float, ...]
+    absolute_vec: np.ndarray
+    relative: np.ndarray
+
+
 _NO_ROOM = np.iinfo(np.int64).max
 
 
@@ -46,13 +71,8 @@ def as_weights(weights: np.ndarray | None) -> np.ndarray:
     return w
 
 
-def node_weights(table: NodeTable, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights normalised per node and per cluster, cached on the table per weights.
-
-    Returns per_node: (n, r) float64, each row summing to 1 over the weighted
-    resources the node has (0 for none); row_sum: (n,) float64 (1 or 0);
-    cluster: (r,) float64 summing to 1 over resources some node has.
-    """
+def node_weights(table: NodeTable, weights: np.ndarray | None) -> Factors:
+    """The scorers' per-weights factors, cached on the table (its totals never change)."""
     key = None if weights is None else tuple(np.asarray(weights, np.float64).ravel().tolist())
     hit = table.weight_cache.get(key)
     if hit is None:
@@ -62,50 +82,101 @@ def node_weights(table: NodeTable, weights: np.ndarray | None) -> tuple[np.ndarr
         per_node = np.asfortranarray(np.divide(wm, den, out=np.zeros(wm.shape), where=den > 0))
         wc = w * (table.cap_max > 0)
         cluster = wc / wc.sum() if wc.sum() > 0 else wc
-        hit = table.weight_cache[key] = (per_node, per_node.sum(1), cluster)
+        absolute = cluster * table.inv_cap_max
+        hit = table.weight_cache[key] = Factors(
+            per_node, per_node.sum(1), cluster, tuple(absolute.tolist()), absolute,
+            np.asfortranarray(per_node * table.inv_total))
     return hit
 
 
-def _free_after(table: NodeTable, request: Request, scale: np.ndarray) -> np.ndarray:
-    """Free amount left after one more worker, times ``scale``, floored at 0: (n, r) float64."""
-    left = (table.free - request.demand) * scale
-    return np.maximum(left, 0.0, out=left)  # free <= total, so at most 1 per resource
+def _left(table: NodeTable, request: Request, rows: np.ndarray | None) -> np.ndarray:
+    """Free amount of each resource left after one more worker, floored at 0: (m, r) int64.
+
+    Every row on its own (no reduction across rows), so scoring a subset of
+    rows gives, bit for bit, the same numbers as scoring them all.
+    """
+    left = _per_row(table.free, rows) - request.demand
+    return np.maximum(left, 0, out=left)
 
 
-def first(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """First fit: every node scores the same, so node order decides: (n,) float64."""
-    return np.ones(len(table.names))
+def _per_row(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """A per-node (n,) or column-major (n, r) array, for ``rows`` only when given."""
+    if rows is None:
+        return a
+    return a.take(rows) if a.ndim == 1 else a.T.take(rows, 1).T  # gathers whole columns
 
 
-def worst(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """Worst fit: most absolute leftover after placing scores highest: (n,) float64."""
-    cluster = node_weights(table, weights)[2]
-    return _free_after(table, request, table.inv_cap_max) @ cluster
+def _weighted(cols: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """sum_r cols[:, r] * factors[r], added in resource order: (m,) float64.
+
+    factors: (r,) or (m, r). Elementwise steps, never a BLAS product or a
+    reduction, whose rounding could depend on the layout or the row count. A
+    zero factor adds an exact +0.0 (every term is >= 0), so ``absolute_left``
+    may skip it and still match bit for bit.
+    """
+    terms = cols * factors
+    acc = terms[:, 0].copy()
+    for r in range(1, terms.shape[1]):
+        acc += terms[:, r]
+    return acc
 
 
-def best(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """Best fit: least absolute leftover after placing scores highest: (n,) float64."""
-    return 1.0 - worst(table, request, weights)
+def first(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+          rows: np.ndarray | None = None) -> np.ndarray:
+    """First fit: every node scores the same, so node order decides: (m,) float64."""
+    return np.ones(len(table.names) if rows is None else len(rows))
 
 
-def least_allocated(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean free fraction after placing (spreads load): (n,) float64."""
-    per_node = node_weights(table, weights)[0]
-    return (_free_after(table, request, table.inv_total) * per_node).sum(1)
+def worst(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+          rows: np.ndarray | None = None) -> np.ndarray:
+    """Worst fit: most absolute leftover after placing scores highest: (m,) float64."""
+    return _weighted(_left(table, request, rows), node_weights(table, weights).absolute_vec)
 
 
-def most_allocated(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean used fraction after placing (packs load): (n,) float64."""
-    row_sum = node_weights(table, weights)[1]
-    return row_sum - least_allocated(table, request, weights)
+def absolute_left(row: list[int], demand: list[int], factors: tuple[float, ...]) -> float:
+    """``worst``'s score of one node, in Python floats: bit for bit the same number.
+
+    row: the node's free amounts; demand: one worker's; factors:
+    ``node_weights(...).absolute``. The same steps as ``_left`` and
+    ``_weighted`` (IEEE doubles both, no fused multiply-add in either).
+    """
+    acc = None
+    for f, x, a in zip(row, demand, factors):
+        if a == 0.0:
+            continue
+        term = max(f - x, 0) * a
+        acc = term if acc is None else acc + term
+    return 0.0 if acc is None else acc
 
 
-def balanced(table: NodeTable, request: Request, weights: np.ndarray | None = None) -> np.ndarray:
-    """One minus the weighted std of per-resource utilisation after placing: (n,) float64."""
-    per_node = node_weights(table, weights)[0]
-    used = 1.0 - _free_after(table, request, table.inv_total)
-    dev = used - (used * per_node).sum(1)[:, None]
-    return 1.0 - np.sqrt((dev * dev * per_node).sum(1))
+def best(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+         rows: np.ndarray | None = None) -> np.ndarray:
+    """Best fit: least absolute leftover after placing scores highest: (m,) float64."""
+    left = worst(table, request, weights, rows)
+    return np.subtract(1.0, left, out=left)
+
+
+def least_allocated(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+    """Weighted mean free fraction after placing (spreads load): (m,) float64."""
+    relative = _per_row(node_weights(table, weights).relative, rows)
+    return _weighted(_left(table, request, rows), relative)
+
+
+def most_allocated(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Weighted mean used fraction after placing (packs load): (m,) float64."""
+    row_sum = _per_row(node_weights(table, weights).row_sum, rows)
+    return row_sum - least_allocated(table, request, weights, rows)
+
+
+def balanced(table: NodeTable, request: Request, weights: np.ndarray | None = None,
+             rows: np.ndarray | None = None) -> np.ndarray:
+    """One minus the weighted std of per-resource utilisation after placing: (m,) float64."""
+    per = _per_row(node_weights(table, weights).per_node, rows)
+    used = 1.0 - _left(table, request, rows) * _per_row(table.inv_total, rows)
+    dev = used - _weighted(used, per)[:, None]
+    return 1.0 - np.sqrt(_weighted(dev * dev, per))
 
 
 SCORERS: dict[str, Scorer] = {
@@ -116,6 +187,21 @@ SCORERS: dict[str, Scorer] = {
     "most_allocated": most_allocated,
     "balanced": balanced,
 }
+
+
+BUILTIN = frozenset(SCORERS.values())  # finite, in [0, 1], and take ``rows``
+
+
+def score_rows(score_of: Scorer, table: NodeTable, request: Request, weights: np.ndarray | None,
+               rows: np.ndarray) -> np.ndarray:
+    """The scores of ``rows`` alone: (m,) float64, equal to ``score_of(table, ...)[rows]``.
+
+    A built-in scorer computes only those rows when they are fewer than half
+    the table (gathering them costs more than scoring contiguous columns).
+    """
+    if score_of in BUILTIN and 2 * len(rows) < len(table.names):
+        return score_of(table, request, weights, rows)
+    return score_of(table, request, weights)[rows]
 
 
 def scorer(fit: str) -> Scorer:
@@ -267,6 +353,20 @@ def _pack_equal(core_free: np.ndarray, share: int, p: int,
     use = np.empty_like(core_free)
     use[at, order] = np.minimum(np.maximum((packed * p)[:, None] - before, 0), per) * share
     return packed, use
+
+
+def pack_equal_row(cores: list[int], share: int, count: int) -> list[int]:
+    """``_pack_equal`` for one row in plain ints: the millicores ``count`` equal shares
+    take from each of ``cores`` (free per core; the caller knows they fit)."""
+    use = [0] * len(cores)
+    for j in sorted(range(len(cores)), key=cores.__getitem__):  # tightest core first, stable
+        n = cores[j] // share
+        if n >= count:
+            use[j] = count * share
+            break
+        use[j] = n * share
+        count -= n
+    return use
 
 
 def cores_fit(core_free: np.ndarray, shares: np.ndarray) -> np.ndarray:

@@ -8,11 +8,17 @@ With auth turned off (loopback only), every caller is the anonymous admin.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from .errors import ForbiddenError, NotFoundError
+from .config import Settings
+from .errors import ForbiddenError, NotFoundError, RateLimitedError, UnauthorizedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +60,122 @@ def owner_filter(request: web.Request) -> str | None:
     """The user to restrict a listing to: None for admins, the caller otherwise."""
     who = caller(request)
     return None if who.admin else who.name
+
+
+def token_hash(token: str) -> str:
+    """The hex SHA-256 stored in ``[[users]] token_sha256``.
+
+    Tokens are long random strings (``oaasd token new``), so one fast hash is
+    enough: there is no small password space for a slow KDF to protect.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass
+class Bucket:
+    """A token bucket: ``rate`` per second, at most ``burst`` at once."""
+
+    rate: float
+    burst: float
+    level: float
+    at: float
+
+    def take(self, now: float) -> float:
+        """Take one token; return 0 when granted, else seconds until one is due."""
+        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One user's intake limits (0 = unlimited)."""
+
+    max_pending: int
+    submit_rate: float
+    submit_burst: int
+
+
+class Users:
+    """The users of the config: tokens to callers, and per-user limits."""
+
+    def __init__(self, settings: Settings):
+        self.on = settings.auth_on
+        self._users = [(bytes.fromhex(u.token_sha256), Caller(u.name, u.role == "admin")) for u in settings.users]
+        base = settings.limits
+        self._limits = {u.name: Limits(_pick(u.max_pending, base.max_pending), _pick(u.submit_rate, base.submit_rate),
+                                       _pick(u.submit_burst, base.submit_burst)) for u in settings.users}
+        self._default = Limits(base.max_pending, base.submit_rate, base.submit_burst)
+        self._buckets: dict[str, Bucket] = {}
+        self.inflight: Counter[str] = Counter()  # submissions between admission and commit
+
+    def authenticate(self, header: str | None) -> Caller:
+        """The caller a ``Authorization: Bearer`` header names; 401 otherwise."""
+        if not self.on:
+            return ANONYMOUS
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("a bearer token is required",
+                                    [{"field": "Authorization", "problem": "missing or not 'Bearer TOKEN'"}])
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found = None
+        for stored, who in self._users:  # every entry compared, in constant time each
+            if hmac.compare_digest(stored, digest):
+                found = who
+        if found is None:
+            raise UnauthorizedError("unknown token", [{"field": "Authorization", "problem": "token not recognised"}])
+        return found
+
+    def limits(self, who: Caller) -> Limits:
+        """The intake limits of a caller."""
+        return self._limits.get(who.name, self._default)
+
+    def admit_submission(self, who: Caller, now: float) -> None:
+        """Charge one submission to the caller's rate; 429 when over it."""
+        lim = self.limits(who)
+        if lim.submit_rate <= 0:
+            return
+        burst = lim.submit_burst or max(1.0, 2 * lim.submit_rate)
+        bucket = self._buckets.get(who.name)
+        if bucket is None or (bucket.rate, bucket.burst) != (lim.submit_rate, burst):
+            bucket = self._buckets[who.name] = Bucket(lim.submit_rate, burst, burst, now)
+        wait = bucket.take(now)
+        if wait:
+            raise RateLimitedError(
+                f"user {who.name!r} is over {lim.submit_rate:g} submissions/s", wait,
+                [{"field": "rate", "problem": f"at most {lim.submit_rate:g}/s (burst {burst:g})"}])
+
+    def replace(self, settings: Settings) -> "Users":
+        """The users of new settings, keeping the rate buckets of those still there."""
+        fresh = Users(settings)
+        fresh._buckets = {k: v for k, v in self._buckets.items() if k in fresh._limits or not fresh.on}
+        fresh.inflight = self.inflight
+        return fresh
+
+
+def _pick(own: Any, default: Any) -> Any:
+    return default if own is None else own
+
+
+OPEN_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+
+
+def auth_middleware(users_of):
+    """Middleware naming the caller of every request (401 without a valid token when auth is on).
+
+    ``users_of(app)`` returns the current ``Users`` (a reload replaces them).
+    """
+    @web.middleware
+    async def authenticate(request: web.Request, handler):
+        if request.path not in OPEN_PATHS:
+            request["caller"] = users_of(request.app).authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+    return authenticate

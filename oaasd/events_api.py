@@ -1,0 +1,212 @@
+"""Server-Sent Events: the daemon's state changes, metrics and results as they happen.
+
+``GET /v1/events`` streams every event the caller may see (``?task=ID``,
+``?types=state,metric,tuning`` narrow it); ``GET /v1/tasks/{id}/events``
+replays one task's stored history first, then follows it live and ends after
+its final state. Each event is ``id:`` (the hub's sequence number),
+``event:`` (its type) and one ``data:`` line of JSON; a comment line keeps
+idle streams alive. A stream ends when the client leaves (seen at the next
+write), when it falls too far behind (``event: overflow``) or when the
+daemon stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from aiohttp import web
+
+from . import auth
+from .api import DAEMON, int_param
+from .errors import InvalidRequestError
+from .events import Event, Subscription
+from .states import is_final
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+routes = web.RouteTableDef()
+
+KEEPALIVE_S = 15.0
+TYPES = ("state", "metric", "tuning")
+OWNERS_CACHED = 4096
+OWNER_SQL = {"task_id": "SELECT user FROM tasks WHERE id=?", "tuning_id": "SELECT user FROM tunings WHERE id=?"}
+
+
+class Owners:
+    """Who owns the task or tuning an event is about, cached (asked for non-admin streams only)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int], str | None] = {}
+
+    async def of(self, d: "Daemon", event: Event) -> str | None:
+        """The owning user of ``event``'s task or tuning; None when it names neither."""
+        for key, sql in OWNER_SQL.items():
+            if key in event:
+                ident = (key, event[key])
+                if ident not in self._cache:
+                    if len(self._cache) >= OWNERS_CACHED:
+                        self._cache.clear()
+                    rows = await d.store.rows(sql, (event[key],))
+                    self._cache[ident] = rows[0][0] if rows else None
+                return self._cache[ident]
+        return None
+
+
+OWNERS: web.AppKey[Owners] = web.AppKey("event_owners", Owners)
+
+
+def setup(app: web.Application) -> None:
+    """Add the event routes and their owner cache to the app."""
+    app[OWNERS] = Owners()
+    app.add_routes(routes)
+
+
+def format_event(event: Event) -> bytes:
+    """One SSE message: ``id:`` when the event has a sequence number, ``event:``, ``data:``."""
+    head = f"id: {event['seq']}\n" if "seq" in event else ""
+    return f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    """Start a ``text/event-stream`` response."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    return resp
+
+
+async def pump(d: "Daemon", resp: web.StreamResponse, sub: Subscription,
+               send: Callable[[Event], Awaitable[bool]], last: Callable[[Event], bool]) -> None:
+    """Write the events ``send`` keeps until ``last`` says so, an overflow, or the daemon stops.
+
+    A client that left raises ConnectionError at the next write (an event or
+    the keep-alive comment).
+    """
+    stopping = asyncio.ensure_future(d.stopped.wait())
+    getter: asyncio.Future | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(sub.get())
+            await asyncio.wait({getter, stopping}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                if stopping.done():
+                    return
+                await resp.write(b": keep-alive\n\n")
+                continue
+            event = getter.result()
+            if event["type"] == "overflow":
+                await resp.write(format_event(event))
+                return
+            if await send(event):
+                await resp.write(format_event(event))
+                if last(event):
+                    return
+    finally:
+        stopping.cancel()
+        if getter is not None:
+            getter.cancel()
+
+
+def parse_types(request: web.Request) -> frozenset[str]:
+    """The ``types`` query parameter: a comma list of event types (default: all)."""
+    raw = request.query.get("types")
+    if raw is None:
+        return frozenset(TYPES)
+    types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    unknown = sorted(types - set(TYPES))
+    if unknown or not types:
+        raise InvalidRequestError(f"types must be a comma list of {', '.join(TYPES)}",
+                                  [{"field": "types", "problem": f"unknown event types {unknown[:5]}"
+                                    if unknown else "empty"}])
+    return types
+
+
+async def finish(resp: web.StreamResponse) -> web.StreamResponse:
+    """End a stream, quietly when the client has already gone."""
+    try:
+        await resp.write_eof()
+    except ConnectionError:
+        pass
+    return resp
+
+
+@routes.get("/v1/events")
+async def all_events(request: web.Request) -> web.StreamResponse:
+    """Every event the caller may see, live; ``?task=ID`` and ``?types=`` narrow it."""
+    d = request.app[DAEMON]
+    types = parse_types(request)
+    task_id = int_param(request, "task", None, lo=1)
+    if task_id is not None:
+        auth.require_owner(request, (await d.store.get_task(task_id))["user"], f"task {task_id}")
+    who = auth.caller(request)
+    owners = request.app[OWNERS]
+
+    async def visible(event: Event) -> bool:
+        return who.admin or await owners.of(d, event) == who.name
+
+    def accept(event: Event) -> bool:
+        return event["type"] in types and (task_id is None or event.get("task_id") == task_id)
+
+    with d.events.subscribe(accept) as sub:
+        resp = await open_stream(request)
+        try:
+            await pump(d, resp, sub, visible, lambda event: False)
+        except ConnectionError:
+            return resp
+    return await finish(resp)
+
+
+@routes.get("/v1/tasks/{id}/events")
+async def task_events(request: web.Request) -> web.StreamResponse:
+    """One task's stored history, then its live events; ends after its final state."""
+    d = request.app[DAEMON]
+    task_id = int_param(request, "id", lo=1)
+    auth.require_owner(request, (await d.store.get_task(task_id))["user"], f"task {task_id}")
+    # Subscribe before reading the history: nothing committed in between is missed.
+    with d.events.subscribe(lambda event: event.get("task_id") == task_id) as sub:
+        history = await d.store.task_events(task_id)
+        row = await d.store.get_task(task_id)  # read after the history: its result is at least as new
+        resp = await open_stream(request)
+        try:
+            for event in replay(task_id, history, row):
+                await resp.write(format_event(event))
+            if not is_final(history[-1]["new"]):
+                await pump(d, resp, sub, live_after(history[-1]["new"]), is_final_state)
+        except ConnectionError:
+            return resp
+    return await finish(resp)
+
+
+def replay(task_id: int, history: list[dict[str, Any]], row: dict[str, Any]) -> list[Event]:
+    """A task's stored state events as stream events; the final one carries the result."""
+    events = [{"type": "state", "task_id": task_id, "replay": True, **h} for h in history]
+    if is_final(events[-1]["new"]) and row["result"] is not None:
+        events[-1]["result"] = json.loads(row["result"])
+    return events
+
+
+def live_after(current: str) -> Callable[[Event], Awaitable[bool]]:
+    """Keep live events that follow a replay ending in state ``current``.
+
+    A state change published after the subscription but committed before
+    the history was read is in both; it is recognised because it does not
+    start from the state the stream has reached.
+    """
+    async def send(event: Event) -> bool:
+        nonlocal current
+        if event["type"] != "state":
+            return True
+        if event["old"] != current:
+            return False
+        current = event["new"]
+        return True
+    return send
+
+
+def is_final_state(event: Event) -> bool:
+    """True for the event that ends a task's stream."""
+    return event["type"] == "state" and is_final(event["new"])

@@ -19,7 +19,6 @@ import os
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +78,7 @@ def raw_sqlite_rate(path: Path, rows: int, batch: int = 100) -> float:
 
 
 def blocked_daemon(tmp: Path, loop: str = "uvloop") -> Daemon:
-    d = Daemon(tmp, f'[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n')
+    d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n')
     d.server_extra = f'event_loop = "{loop}"\n' 
     d.start()
     d.submit({"command": ["sleep", "3600"], "resources": {"cpus": 1}})

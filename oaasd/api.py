@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from .errors import InvalidRequestError, OaasError, TooLargeError, ValidationFailedError, pydantic_detail
+from . import auth
+from .errors import (ForbiddenError, InvalidRequestError, OaasError, RateLimitedError, TooLargeError,
+                     ValidationFailedError, pydantic_detail)
 from .models import TaskSpec
 from .states import State
 
@@ -33,7 +37,7 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except OaasError as exc:
-        return json_response(exc.body(), status=exc.status)
+        return json_response(exc.body(), status=exc.status, headers=exc.headers() or None)
     except web.HTTPRequestEntityTooLarge:
         return json_response(TooLargeError("request body too large", [{"field": "body", "problem": "too large"}]).body(), 413)
     except web.HTTPException as exc:
@@ -76,7 +80,7 @@ def int_param(request: web.Request, name: str, default: int | None = None, lo: i
     raw = request.match_info.get(name, request.query.get(name))
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:  # isdigit() alone passes "²"
         raise InvalidRequestError(f"{name} must be an integer in {lo}..{hi}",
                                   [{"field": name, "problem": f"expected an integer in {lo}..{hi}, got {raw[:40]!r}"}])
     return int(raw)
@@ -99,8 +103,49 @@ async def submit_task(request: web.Request) -> web.Response:
     if spec.trial_config is not None:  # only the tuning driver launches trials
         raise ValidationFailedError("invalid TaskSpec", [{"field": "trial_config", "type": "forbidden",
                                                           "problem": "set by the daemon for tuning trials only"}])
-    task_id, created, view = await d.submit(spec)
+    async with admit(request, spec) as spec:
+        task_id, created, view = await d.submit(spec)
     return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/tasks/{task_id}"})
+
+
+@contextlib.asynccontextmanager
+async def admit(request: web.Request, spec: TaskSpec):
+    """Charge a submission to its caller: owner, rate and pending limits (403/429).
+
+    Yields the spec to submit (owned by the caller). Submissions still in
+    flight count against ``max_pending``, so concurrent ones cannot overshoot.
+    """
+    d = request.app[DAEMON]
+    who = auth.caller(request)
+    if not d.users.on:
+        yield spec
+        return
+    if "user" in spec.model_fields_set and spec.user != who.name and not who.admin:
+        raise ForbiddenError(f"user {who.name!r} may not submit as {spec.user!r}",
+                             [{"field": "user", "problem": "only admins submit for other users"}])
+    if "user" not in spec.model_fields_set:
+        spec = spec.model_copy(update={"user": who.name})
+    d.users.admit_submission(who, time.monotonic())
+    cap = d.users.limits(who).max_pending
+    if not cap:
+        yield spec
+        return
+    inflight = d.users.inflight
+    inflight[spec.user] += 1
+    try:
+        if await d.store.count_pending(spec.user) + inflight[spec.user] > cap:
+            raise RateLimitedError(f"user {spec.user!r} already has {cap} pending tasks", 5.0,
+                                   [{"field": "max_pending", "problem": f"at most {cap} pending tasks"}])
+        yield spec
+    finally:
+        inflight[spec.user] -= 1
+
+
+async def task_row(request: web.Request) -> dict[str, Any]:
+    """The task named in the path, 404 unless the caller may see it."""
+    row = await request.app[DAEMON].store.get_task(int_param(request, "id", lo=1))
+    auth.require_owner(request, row["user"], f"task {row['id']}")
+    return row
 
 
 @routes.get("/v1/tasks")
@@ -109,7 +154,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 1, 1000)
     cursor = int_param(request, "cursor", None, 1)
     state = choice_param(request, "state", tuple(s.value for s in State))
-    user = request.query.get("user")
+    user = auth.owner_filter(request) or request.query.get("user")
     name = request.query.get("name")
     rows = await d.store.list_tasks(state=state, user=user, name=name, before=cursor, limit=limit)
     items = [d.summarize(r) for r in rows]
@@ -120,13 +165,13 @@ async def list_tasks(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks/{id}")
 async def get_task(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    return json_response(await d.task_view(int_param(request, "id", lo=1)))
+    return json_response(await d.task_view((await task_row(request))["id"]))
 
 
 @routes.delete("/v1/tasks/{id}")
 async def cancel_task(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    task_id = int_param(request, "id", lo=1)
+    task_id = (await task_row(request))["id"]
     await d.cancel(task_id)
     return json_response(await d.task_summary(task_id), status=202)
 
@@ -134,10 +179,10 @@ async def cancel_task(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks/{id}/logs")
 async def task_logs(request: web.Request) -> web.StreamResponse:
     d = request.app[DAEMON]
-    task_id = int_param(request, "id", lo=1)
+    row = await task_row(request)
+    task_id = row["id"]
     stream = choice_param(request, "stream", ("stdout", "stderr"), "stdout")
     follow = choice_param(request, "follow", ("0", "1", "true", "false"), "0") in ("1", "true")
-    row = await d.store.get_task(task_id)
     seq = int_param(request, "attempt", row["attempts"], 0, max(row["attempts"], 0))
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
@@ -175,7 +220,8 @@ async def _send_new(resp: web.StreamResponse, path, offset: int) -> int:
 @routes.get("/v1/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    return json_response({"items": d.cluster.views()})
+    running = d.runner.by_node()
+    return json_response({"items": [{**v, "running": running.get(v["name"], [])} for v in d.cluster.views()]})
 
 
 @routes.get("/healthz")

@@ -125,6 +125,40 @@ class HealthConfig(Section):
     timeout_s: float = Field(15.0, gt=0)
 
 
+class CallbacksConfig(Section):
+    """``[callbacks]``: how a task's ``callback_url`` is POSTed when it ends."""
+
+    attempts: int = Field(5, ge=1, le=100, description="POSTs before the callback is recorded FAILED")
+    backoff_s: float = Field(0.5, gt=0, description="wait after the first failed POST, doubled after each")
+    backoff_max_s: float = Field(60.0, gt=0, description="longest wait between two POSTs")
+    timeout_s: float = Field(10.0, gt=0, description="time limit of one POST")
+
+
+class LimitsConfig(Section):
+    """``[limits]``: per-user intake limits (0 = unlimited); a user entry may override each."""
+
+    max_pending: int = Field(0, ge=0, description="pending tasks one user may hold")
+    submit_rate: float = Field(0.0, ge=0, description="task submissions per second, sustained")
+    submit_burst: int = Field(0, ge=0, description="submissions allowed at once (default: 2 x submit_rate, min 1)")
+
+
+class UserConfig(Section):
+    """``[[users]]``: one API user and the hash of their token (``oaasd token hash``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")
+    role: Literal["user", "admin"] = "user"
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
+    max_pending: int | None = Field(None, ge=0)
+    submit_rate: float | None = Field(None, ge=0)
+    submit_burst: int | None = Field(None, ge=0)
+
+
+class AuthConfig(Section):
+    """``[auth]``: bearer tokens. On unless turned off, and only loopback may turn it off."""
+
+    enabled: bool | None = Field(None, description="default: on when [[users]] are declared")
+
+
 class Settings(Section):
     """The whole configuration."""
 
@@ -133,7 +167,28 @@ class Settings(Section):
     ssh: SshConfig = Field(default_factory=SshConfig)
     mpi: MpiConfig = Field(default_factory=MpiConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    users: list[UserConfig] = Field(default_factory=list)
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether requests must carry a bearer token."""
+        return bool(self.users) if self.auth.enabled is None else self.auth.enabled
+
+    @model_validator(mode="after")
+    def _auth(self) -> "Settings":
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate user names: {sorted({n for n in names if names.count(n) > 1})}")
+        if self.auth_on and not self.users:
+            raise ValueError("auth.enabled is true but no [[users]] are declared")
+        if not self.server.loopback and not self.auth_on:
+            raise ValueError(f"server.listen {self.server.listen} is beyond loopback: "
+                             "declare [[users]] with tokens (auth cannot be off there)")
+        return self
 
     @model_validator(mode="after")
     def _default_node(self) -> "Settings":

@@ -12,17 +12,21 @@ from typing import Any
 from aiohttp import web
 
 from . import placement as pl
+from .auth import Users
+from .callbacks import Callbacks
 from .cluster import Cluster
 from .config import Settings
 from .errors import ConflictError, UnsatisfiableError
 from .events import EventHub
 from .health import HealthLoop
 from .launchers import build_launchers, launcher_kind, node_conn
+from .metrics import Metrics
 from .models import TaskSpec
 from .runner import Runner
 from .scheduler import Scheduler
 from .states import Reason, State, is_final
 from .store import NewTask, Store
+from .pipelines import Pipelines
 from .tunings import Tunings
 
 log = logging.getLogger("oaasd")
@@ -36,12 +40,17 @@ class Daemon:
         self.state_dir = Path(settings.server.state_dir).absolute()
         self.store = Store(self.state_dir / "oaasd.sqlite3", settings.server.synchronous)
         self.events = EventHub()
+        self.metrics = Metrics()
+        self.store.on_commit = self.metrics.commit_seconds.observe
         self.cluster = Cluster(settings)
         self.scheduler = Scheduler(self)
         self.runner = Runner(self)
         self.launchers, self.pool = build_launchers(settings, settings.nodes)
         self.health = HealthLoop(self)
         self.tunings = Tunings(self)
+        self.pipelines = Pipelines(self)
+        self.callbacks = Callbacks(self)
+        self.users = Users(settings)
         self.stopped = asyncio.Event()
         self.fatal_reason: str | None = None
         self._loops: list[asyncio.Task] = []
@@ -54,6 +63,7 @@ class Daemon:
         self.cluster.load_stored(await self.store.load_nodes())
         for node in self.cluster.nodes.values():
             self.node_added(node)
+        await self.callbacks.start()  # before recovery: a lost attempt ends its task (and callback) there
         await self.recover()
         self._loops = [asyncio.create_task(self.scheduler.run(), name="scheduler"),
                        asyncio.create_task(self.health.run(), name="health")]
@@ -68,7 +78,9 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self.tunings.stop()
+        await self.pipelines.stop()  # before the runner: a replica reconcile in flight finishes
         await self.runner.stop()
+        await self.callbacks.stop()
         for launcher in self.launchers.values():
             await launcher.close()
         await self.store.close()
@@ -94,6 +106,7 @@ class Daemon:
             request = self.cluster.request_for(TaskSpec.model_validate_json(spec))
             self.scheduler.add(task_id, priority, submitted_at, request)
         await self.tunings.resume()  # after the queue: a tuning tops up its trials
+        await self.pipelines.resume()
 
     # ---- intake -----------------------------------------------------
     async def submit(self, spec: TaskSpec) -> tuple[int, bool, dict[str, Any]]:
@@ -151,6 +164,7 @@ class Daemon:
         hosts = self.cluster.hosts_of(placed)
         try:
             await self.runner.launch(task_id, spec, hosts[0].node, self.cluster.placement_to_json(placed), hosts)
+            self.metrics.started(row["submitted_at"])
         except ConflictError:
             self.cluster.release(task_id)
             self.wake_scheduler()
@@ -173,8 +187,11 @@ class Daemon:
 
     # ---- result hooks -----------------------------------------------
     def publish_state(self, task_id: int, old: State | None, new: State, reason: str,
-                      message: str | None = None, result: Any = None) -> None:
-        """Tell subscribers about a committed state change."""
+                      message: str | None = None, result: Any = None, node: str | None = None) -> None:
+        """Tell subscribers about a committed state change (and log it, one line)."""
+        where = f" on {node}" if node else ""
+        log.info("task %d: %s -> %s (%s)%s%s", task_id, old and old.value, new.value, reason, where,
+                 f": {message}" if message else "", extra={"task": task_id, "node": node})
         event = {"type": "state", "task_id": task_id, "old": old and old.value, "new": new.value,
                  "reason": str(reason), "message": message}
         if result is not None:
@@ -188,8 +205,16 @@ class Daemon:
     async def on_task_final(self, task_id: int, state: State, result: Any) -> None:
         """A task reached a final state (tuning and callback hooks in here)."""
         await self.tunings.on_task_final(task_id, state, result)
+        await self.callbacks.task_final(task_id)
 
     # ---- views ------------------------------------------------------
+    def status_line(self) -> str:
+        """One line for systemd's STATUS: queue, running, nodes."""
+        states = list(self.cluster.states().values())
+        up = sum(s != "DOWN" for s in states)
+        return (f"{self.scheduler.queue_length} pending, {len(self.runner.runs)} running, "
+                f"{up}/{len(states)} nodes up")
+
     def summarize(self, row: dict[str, Any]) -> dict[str, Any]:
         """The list view of a task row."""
         out = {k: row[k] for k in ("id", "name", "user", "state", "reason", "message", "priority",
@@ -223,6 +248,7 @@ class Daemon:
         view["attempts"] = [_attempt_view(a) for a in await self.store.task_attempts(task_id)]
         view["metrics"] = [{"at": m["at"], "attempt": m["attempt_id"], **m["data"]}
                            for m in await self.store.task_metrics(task_id)]
+        view["callback"] = await self.callbacks.view(task_id)
         return view
 
     async def wait_first_attempt(self, task_id: int, timeout_s: float = 3600) -> int:
@@ -258,13 +284,18 @@ async def _daemon_ctx(app: web.Application):
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> web.Application:
     """The aiohttp application of one daemon."""
-    from . import nodes_api, pipelines_api, tunings_api
+    from . import events_api, metrics, nodes_api, openapi, pipelines_api, tunings_api
     from .api import DAEMON, error_middleware, routes
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
+    from .auth import auth_middleware
+    app = web.Application(middlewares=[error_middleware, auth_middleware(lambda a: a[DAEMON].users)],
+                          client_max_size=settings.server.max_body_bytes)
     app[DAEMON] = daemon or Daemon(settings)
     app.add_routes(routes)
     app.add_routes(nodes_api.routes)
     app.add_routes(pipelines_api.routes)
     app.add_routes(tunings_api.routes)
+    app.add_routes(metrics.routes)
+    events_api.setup(app)
+    app.add_routes(openapi.routes)
     app.cleanup_ctx.append(_daemon_ctx)
     return app

@@ -6,6 +6,7 @@ Errors are data until the edge: the API's error middleware turns them into
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -23,6 +24,10 @@ class OaasError(Exception):
     def body(self) -> dict[str, Any]:
         """Return the JSON body the API answers with."""
         return {"error": self.reason, "message": self.message, "detail": self.detail}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (e.g. Retry-After)."""
+        return {}
 
 
 class InvalidRequestError(OaasError):
@@ -86,6 +91,13 @@ class RateLimitedError(OaasError):
 
     status = 429
     reason = "RateLimited"
+
+    def __init__(self, message: str, retry_after_s: float, detail: list[dict[str, Any]] | None = None):
+        super().__init__(message, detail)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class IllegalTransitionError(OaasError):

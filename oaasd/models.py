@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,7 +61,8 @@ class TaskSpec(Strict):
     user: str = Field("anonymous", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@\-]+$")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     require_result: bool = Field(True, description="exit 0 without a result is FAILED/NoResult")
-    callback_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+    callback_url: str | None = Field(None, max_length=2048,
+                                     description="http(s) URL POSTed the final state and result when the task ends")
     trial_config: dict[str, Any] | None = Field(
         None, description="a tuning trial's configuration, passed as $OAAS_TRIAL_CONFIG; set by the daemon only")
 
@@ -103,6 +105,22 @@ class TaskSpec(Strict):
     def _workdir(cls, v: str | None) -> str | None:
         if v is not None and (not v.startswith("/") or ".." in PurePosixPath(v).parts):
             raise ValueError("workdir must be an absolute path without '..'")
+        return v
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("callback_url must not contain spaces or control characters")
+        try:
+            parts = urlsplit(v)
+            port = parts.port  # raises ValueError when out of range
+        except ValueError as exc:
+            raise ValueError(f"callback_url is not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+            raise ValueError("callback_url must be an http:// or https:// URL with a host")
         return v
 
     @model_validator(mode="after")

@@ -8,10 +8,12 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field, model_validator
 
+from . import auth
+from . import placement as pl
 from .api import DAEMON, json_response, parse_model, read_body
 from .cluster import Intent
 from .config import NodeConfig
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, NotFoundError, ValidationFailedError
 from .models import Strict
 
 routes = web.RouteTableDef()
@@ -44,12 +46,23 @@ def node_view(request: web.Request, name: str) -> dict:
             "probe": d.health.probes.get(name)}
 
 
+def check_size(cfg: NodeConfig) -> None:
+    """422 unless the node's size makes a placement row (before it is stored: a restart reloads it)."""
+    try:
+        pl.NodeTable.from_specs([{"name": cfg.name, "cpus": cfg.cpus, "memory_mb": cfg.memory_mb, "gpus": cfg.gpus,
+                                  "core_milli": cfg.core_capacity}])
+    except (ValueError, OverflowError) as exc:  # negative or inconsistent cores; beyond int64
+        raise ValidationFailedError("invalid NodeConfig", [{"field": "core_capacity", "problem": str(exc)}]) from None
+
+
 @routes.post("/v1/nodes")
 async def add_node(request: web.Request) -> web.Response:
+    auth.require_admin(request)
     d = request.app[DAEMON]
     cfg = parse_model(NodeConfig, await read_body(request))
     if cfg.name in d.cluster.nodes:
         raise ConflictError(f"node {cfg.name!r} exists", [{"field": "name", "problem": "already exists"}])
+    check_size(cfg)
     await d.store.save_node(cfg.name, cfg.model_dump(mode="json"), "api")
     d.cluster.add_node(cfg)
     d.node_added(cfg)
@@ -64,10 +77,12 @@ async def get_node(request: web.Request) -> web.Response:
 
 @routes.patch("/v1/nodes/{name}")
 async def patch_node(request: web.Request) -> web.Response:
+    auth.require_admin(request)
     d = request.app[DAEMON]
     name = node_name(request)
     patch = parse_model(NodePatch, await read_body(request))
-    intent = None if patch.state == "RESUME" else Intent(patch.state, patch.reason, request.get("user"), time.time())
+    who = auth.caller(request).name
+    intent = None if patch.state == "RESUME" else Intent(patch.state, patch.reason, who, time.time())
     await d.store.set_node_intent(name, intent and intent.state, intent and intent.reason,
                                   intent and intent.user, intent and intent.at)
     d.cluster.set_intent(name, intent)
@@ -80,6 +95,7 @@ async def patch_node(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/nodes/{name}")
 async def delete_node(request: web.Request) -> web.Response:
+    auth.require_admin(request)
     d = request.app[DAEMON]
     name = node_name(request)
     force = request.query.get("force") in ("1", "true")
@@ -87,7 +103,7 @@ async def delete_node(request: web.Request) -> web.Response:
     if running and not force:
         raise ConflictError(f"node {name!r} has {len(running)} running attempt(s); use ?force=1 to requeue them",
                             [{"field": "name", "problem": "attempts running", "tasks": running}])
-    d.cluster.set_intent(name, Intent("DOWN", "being deleted", request.get("user"), time.time()))
+    d.cluster.set_intent(name, Intent("DOWN", "being deleted", auth.caller(request).name, time.time()))
     for task_id in running:
         await d.runner.cancel(task_id, f"node {name} deleted", requeue=True)
     for run in [d.runner.runs[t] for t in running if t in d.runner.runs]:

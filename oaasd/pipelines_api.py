@@ -1,4 +1,4 @@
-"""Pipeline optimisation over HTTP: a one-shot solve for a given load."""
+"""Pipelines over HTTP: a one-shot solve, and the adaptation loops (register, list, show, stop)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import asyncio
 
 from aiohttp import web
 
-from .api import json_response, parse_model, read_body
+from . import auth
+from .api import DAEMON, choice_param, int_param, json_response, parse_model, read_body
+from .pipeline.actuators import CommandActuator
+from .pipelines import STATES, parse_registration
 
 routes = web.RouteTableDef()
 
@@ -20,3 +23,54 @@ async def solve(request: web.Request) -> web.Response:
     # The exact solver takes tens of ms on 8 stages (bench/RESULTS-pipeline.md): keep it off the loop.
     decision = await asyncio.get_running_loop().run_in_executor(None, solve_request, body)
     return web.Response(text=decision.model_dump_json(), content_type="application/json")
+
+
+@routes.post("/v1/pipelines")
+async def register_pipeline(request: web.Request) -> web.Response:
+    """Register a pipeline and start its adaptation loop.
+
+    A ``command`` actuator runs on the head node as the daemon's user, outside
+    any placement: only admins may register one (403 otherwise).
+    """
+    pipelines = request.app[DAEMON].pipelines
+    reg = parse_registration(await read_body(request), pipelines.load_dir)
+    if isinstance(reg.actuator, CommandActuator):
+        auth.require_admin(request)
+    pipeline_id = await pipelines.create(reg, auth.caller(request).name)
+    view = await pipelines.view(await pipelines.row(pipeline_id), 0)
+    return json_response(view, 201, {"Location": f"/v1/pipelines/{pipeline_id}"})
+
+
+@routes.get("/v1/pipelines")
+async def list_pipelines(request: web.Request) -> web.Response:
+    """The caller's pipelines (every one for an admin), newest first."""
+    pipelines = request.app[DAEMON].pipelines
+    limit = int_param(request, "limit", 100, 1, 1000)
+    items = await pipelines.summaries(user=auth.owner_filter(request), state=choice_param(request, "state", STATES),
+                                      before=int_param(request, "cursor", None, 1), limit=limit)
+    return json_response({"items": items, "next": str(items[-1]["id"]) if len(items) == limit else None})
+
+
+@routes.get("/v1/pipelines/{id}")
+async def get_pipeline(request: web.Request) -> web.Response:
+    """Current configuration and the last ``limit`` adaptations, newest first."""
+    pipelines = request.app[DAEMON].pipelines
+    row = await _owned(request)
+    return json_response(await pipelines.view(row, int_param(request, "limit", 20, 0, 10_000)))
+
+
+@routes.delete("/v1/pipelines/{id}")
+async def stop_pipeline(request: web.Request) -> web.Response:
+    """Stop the loop (and the ``tasks`` actuator's tasks); the pipeline ends STOPPED."""
+    pipelines = request.app[DAEMON].pipelines
+    row = await _owned(request)
+    await pipelines.delete(row["id"])
+    return json_response(await pipelines.view(await pipelines.row(row["id"]), 20), status=202)
+
+
+async def _owned(request: web.Request) -> dict:
+    """The pipeline named in the path, 404 when unknown or not the caller's."""
+    pipeline_id = int_param(request, "id", lo=1)
+    row = await request.app[DAEMON].pipelines.row(pipeline_id)
+    auth.require_owner(request, row["user"], f"pipeline {pipeline_id}")
+    return row

@@ -96,7 +96,7 @@ class Runner:
                      hosts: list[Host]) -> None:
         """Commit the attempt (PENDING -> RUNNING), then start its process."""
         attempt_id, seq = await self.d.store.start_attempt(task_id, node, placement)
-        self.d.publish_state(task_id, State.PENDING, State.RUNNING, Reason.PLACED)
+        self.d.publish_state(task_id, State.PENDING, State.RUNNING, Reason.PLACED, node=node)
         adir = self.attempt_dir(task_id, seq)
         adir.mkdir(parents=True, exist_ok=True)
         job = build_job(spec, task_id, attempt_id, seq, adir, hosts)
@@ -222,10 +222,11 @@ class Runner:
         await self.d.store.finish_attempt(run.attempt_id, run.task_id, attempt_state, task_state, reason,
                                           message, exit_code=exit_.exit_code, signal=exit_.signal,
                                           result=result)
+        self.d.metrics.attempt_ended(attempt_state, reason)
         self.runs.pop(run.task_id, None)
         run.done.set()
         self.d.cluster.release(run.task_id)
-        self.d.publish_state(run.task_id, State.RUNNING, task_state, reason, message, result=result)
+        self.d.publish_state(run.task_id, State.RUNNING, task_state, reason, message, result=result, node=run.node)
         if task_state == State.PENDING:
             await self.d.requeue(run.task_id)
         else:
@@ -266,6 +267,14 @@ class Runner:
     def on_node(self, node: str) -> list[int]:
         """Ids of the tasks with a running attempt on ``node`` (any of its hosts)."""
         return [t for t, run in self.runs.items() if any(h.node == node for h in run.job.hosts)]
+
+    def by_node(self) -> dict[str, list[int]]:
+        """Ids of the tasks running on each node, in one sweep over the runs."""
+        out: dict[str, list[int]] = {}
+        for task_id, run in sorted(self.runs.items()):
+            for node in {h.node for h in run.job.hosts}:
+                out.setdefault(node, []).append(task_id)
+        return out
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching, leave every process running."""

@@ -116,27 +116,30 @@ class Scheduler:
         """One pass over the candidates; returns how many started."""
         started = time.perf_counter()
         cluster = self.d.cluster
-        table = cluster.table.copy()
-        chosen: list[tuple[Pending, Any]] = []
         entries = self.candidates()  # may reset the refusal cache
         refused = self._refused  # same request shape, same free arrays: same answer
+        todo: list[Pending] = []
         for entry in entries:
-            shape = request_key(entry.request)
-            if shape in refused:
-                self.reasons[entry.task_id] = (Reason.RESOURCES.value, refused[shape])
-                continue
-            got = pl.place(table, entry.request, cluster.fit, cluster.weights)
+            known = refused.get(request_key(entry.request))
+            if known is not None:
+                self.reasons[entry.task_id] = (Reason.RESOURCES.value, known)
+            else:
+                todo.append(entry)
+        # One pass on a working copy, each placement subtracted before the next.
+        results = pl.place_queue(cluster.table, [e.request for e in todo], cluster.fit, cluster.weights)
+        chosen: list[tuple[Pending, Any]] = []
+        for entry, got in zip(todo, results):
             if isinstance(got, pl.Refusal):
-                refused[shape] = dict(got.counts)
-                self.reasons[entry.task_id] = (Reason.RESOURCES.value, refused[shape])
-                continue
-            pl.reserve(table, entry.request, got)
-            chosen.append((entry, got))
+                counts = refused.setdefault(request_key(entry.request), dict(got.counts))
+                self.reasons[entry.task_id] = (Reason.RESOURCES.value, counts)
+            else:
+                chosen.append((entry, got))
         for entry, placed in chosen:
             self.discard(entry.task_id)
             cluster.reserve(entry.task_id, entry.request, placed)
             self.d.dispatch(entry.task_id, entry.request, placed)
         self.last_pass_s = time.perf_counter() - started
+        self.d.metrics.pass_seconds.observe(self.last_pass_s)
         self.passes += 1
         return len(chosen)
 

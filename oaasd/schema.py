@@ -67,4 +67,63 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE INDEX trials_tuning ON trials(tuning_id, task_id);
     """,
+    # 3: per-user pending counts for the max_pending limit.
+    """
+    CREATE INDEX tasks_user_state ON tasks(user, state);
+    """,
+    # tunings driven by external workers: workers, their trials and intermediate
+    # reports; the space fingerprint finds a user's earlier tunings for use_history.
+    """
+    ALTER TABLE tunings ADD COLUMN fingerprint TEXT;
+    CREATE INDEX tunings_history ON tunings(user, fingerprint, id);
+    CREATE TABLE tuning_workers (
+        id INTEGER PRIMARY KEY, tuning_id INTEGER NOT NULL, name TEXT, registered_at REAL NOT NULL
+    ) STRICT;
+    CREATE INDEX tuning_workers_tuning ON tuning_workers(tuning_id, id);
+    CREATE TABLE worker_trials (
+        id INTEGER PRIMARY KEY, tuning_id INTEGER NOT NULL, worker_id INTEGER NOT NULL,
+        config TEXT NOT NULL, baseline INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL, reason TEXT, message TEXT, result TEXT,
+        pruned INTEGER NOT NULL DEFAULT 0, prune_reason TEXT,
+        started_at REAL NOT NULL, ended_at REAL, elapsed_s REAL, deadline_at REAL
+    ) STRICT;
+    CREATE INDEX worker_trials_tuning ON worker_trials(tuning_id, id);
+    CREATE TABLE worker_reports (
+        id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL, step REAL NOT NULL, value REAL NOT NULL,
+        at REAL NOT NULL
+    ) STRICT;
+    CREATE INDEX worker_reports_trial ON worker_reports(trial_id, id);
+    """,
+    # callback_url deliveries: one row per ended task that has one; PENDING rows are retried after a restart.
+    """
+    CREATE TABLE callbacks (
+        task_id INTEGER PRIMARY KEY, url TEXT NOT NULL, payload TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        last_status INTEGER, last_error TEXT, created_at REAL NOT NULL,
+        last_at REAL, delivered_at REAL
+    ) STRICT;
+    CREATE INDEX callbacks_pending ON callbacks(state) WHERE state = 'PENDING';
+    """,
+    # pipeline adaptation loops: registrations, one row per interval, and the
+    # tasks the ``tasks`` actuator keeps running (oaasd/pipelines.py).
+    """
+    CREATE TABLE pipelines (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL, state TEXT NOT NULL,
+        spec TEXT NOT NULL, applied TEXT, created_at REAL NOT NULL, stopped_at REAL
+    ) STRICT;
+    CREATE INDEX pipelines_state ON pipelines(state, id);
+    CREATE INDEX pipelines_user ON pipelines(user, id);
+    CREATE TABLE adaptations (
+        id INTEGER PRIMARY KEY, pipeline_id INTEGER NOT NULL, at REAL NOT NULL,
+        observed_rps REAL, predicted_rps REAL, configuration TEXT,
+        latency_ms REAL, accuracy REAL, cost_cores REAL, objective REAL, feasible INTEGER, reasons TEXT,
+        changed INTEGER NOT NULL, actuator TEXT, source_error TEXT
+    ) STRICT;
+    CREATE INDEX adaptations_pipeline ON adaptations(pipeline_id, id);
+    CREATE TABLE pipeline_tasks (
+        task_id INTEGER PRIMARY KEY, pipeline_id INTEGER NOT NULL,
+        stage TEXT NOT NULL, variant TEXT NOT NULL, batch INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX pipeline_tasks_pipeline ON pipeline_tasks(pipeline_id, task_id);
+    """,
 ]

@@ -69,7 +69,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._task: asyncio.Task | None = None
-        self.commit_seconds: list[float] = []  # recent commit latencies, for /metrics
+        self.on_commit: Callable[[float], None] = lambda seconds: None  # COMMIT latency hook (/metrics)
 
     # ---- life cycle -------------------------------------------------
     async def open(self) -> None:
@@ -134,7 +134,6 @@ class Store:
                     self._queue.task_done()
 
     async def _run_batch(self, batch: list[tuple[Op | NewTask, asyncio.Future]]) -> None:
-        started = time.perf_counter()
         try:
             results = await self._transaction(batch)
         except Exception as exc:
@@ -146,8 +145,6 @@ class Store:
             for item in batch:  # isolate the failing op: one transaction each
                 await self._run_batch([item])
             return
-        self.commit_seconds.append(time.perf_counter() - started)
-        del self.commit_seconds[:-1000]
         for (_, fut), result in zip(batch, results):
             self._settle(fut, result=result)
 
@@ -160,7 +157,9 @@ class Store:
         results = []
         for op, _ in batch:
             results.append(next(inserted) if isinstance(op, NewTask) else await op(db))
+        committing = time.perf_counter()
         await db.execute("COMMIT")
+        self.on_commit(time.perf_counter() - committing)
         self._next_id = max(self._next_id, self._pending_next_id)
         return results
 
@@ -301,17 +300,7 @@ class Store:
         rows = await self.fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
         return [{**r, "config": json.loads(r["config"])} for r in rows]
 
-    # ---- tunings -----------------------------------------------------
-    async def create_tuning(self, name: str, user: str, description: dict[str, Any]) -> tuple[int, float]:
-        """Insert a RUNNING tuning; return (id, created_at)."""
-        async def op(db):
-            now = time.time()
-            cur = await db.execute(
-                "INSERT INTO tunings (name, user, state, description, created_at) VALUES (?,?,?,?,?)",
-                (name, user, "RUNNING", json.dumps(description), now))
-            return cur.lastrowid, now
-        return await self.write(op)
-
+    # ---- tunings (the rest of their SQL is in tuning_store.py) -------
     async def submit_trial(self, task: NewTask, tuning_id: int, config: dict[str, Any], baseline: bool) -> int:
         """Insert a trial's task (PENDING, parent_id set) and its trial row in one transaction.
 
@@ -327,63 +316,6 @@ class Store:
                              (task_id, tuning_id, json.dumps(config), int(baseline)))
             return task_id
         return await self.write(op)
-
-    async def prune_trial(self, task_id: int, reason: str) -> None:
-        """Mark a trial as stopped early (before its task is cancelled)."""
-        async def op(db):
-            await db.execute("UPDATE trials SET pruned=1, prune_reason=? WHERE task_id=?", (reason, task_id))
-        await self.write(op)
-
-    async def end_tuning(self, tuning_id: int, state: str, reason: str) -> bool:
-        """RUNNING -> ``state`` by compare-and-set; False when it had already ended."""
-        async def op(db):
-            cur = await db.execute("UPDATE tunings SET state=?, reason=?, ended_at=? WHERE id=? AND state='RUNNING'",
-                                   (state, reason, time.time(), tuning_id))
-            return cur.rowcount == 1
-        return await self.write(op)
-
-    async def get_tuning(self, tuning_id: int) -> dict[str, Any]:
-        """Return a tuning row (description decoded), or raise NotFoundError."""
-        rows = await self.fetch("SELECT id, name, user, state, reason, description, created_at, ended_at "
-                                 "FROM tunings WHERE id=?", (tuning_id,))
-        if not rows:
-            raise NotFoundError(f"no tuning {tuning_id}", [{"field": "id", "problem": "unknown tuning id"}])
-        return {**rows[0], "description": json.loads(rows[0]["description"])}
-
-    async def list_tunings(self, *, state: str | None = None, before: int | None = None,
-                           limit: int = 100) -> list[dict[str, Any]]:
-        """Return tunings newest first (without their descriptions)."""
-        where, params = [], []
-        if state is not None:
-            where.append("state=?")
-            params.append(state)
-        if before is not None:
-            where.append("id<?")
-            params.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self.fetch("SELECT id, name, user, state, reason, created_at, ended_at FROM tunings "
-                                 f"{clause} ORDER BY id DESC LIMIT ?", [*params, limit])
-
-    async def running_tunings(self) -> list[int]:
-        """Ids of every RUNNING tuning (to resume at start)."""
-        return [r[0] for r in await self.rows("SELECT id FROM tunings WHERE state='RUNNING' ORDER BY id")]
-
-    async def tuning_trials(self, tuning_id: int) -> list[dict[str, Any]]:
-        """Every trial of a tuning with its task's state, result, times and last node, oldest first."""
-        rows = await self.fetch(
-            "SELECT tr.task_id, tr.config, tr.baseline, tr.pruned, tr.prune_reason, t.state, t.reason, "
-            "t.message, t.result, t.started_at, t.ended_at, "
-            "(SELECT a.node FROM attempts a WHERE a.task_id = t.id ORDER BY a.seq DESC LIMIT 1) AS node "
-            "FROM trials tr JOIN tasks t ON t.id = tr.task_id WHERE tr.tuning_id=? ORDER BY tr.task_id",
-            (tuning_id,))
-        return [{**r, "config": json.loads(r["config"]), "baseline": bool(r["baseline"]),
-                 "pruned": bool(r["pruned"]), "result": None if r["result"] is None else json.loads(r["result"])}
-                for r in rows]
-
-    async def trial_tuning(self, task_id: int) -> int | None:
-        """The tuning a task is a trial of, or None."""
-        rows = await self.rows("SELECT tuning_id FROM trials WHERE task_id=?", (task_id,))
-        return rows[0][0] if rows else None
 
     # ---- reads ------------------------------------------------------
     async def rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
@@ -439,6 +371,10 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self.fetch(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY id DESC LIMIT ?",
                                  [*params, limit])
+
+    async def count_pending(self, user: str) -> int:
+        """How many PENDING tasks a user holds."""
+        return (await self.rows("SELECT count(*) FROM tasks WHERE user=? AND state='PENDING'", (user,)))[0][0]
 
     async def pending_queue(self) -> list[tuple]:
         """Return (id, priority, submitted_at, spec_json) of every pending task, queue order."""

@@ -2,11 +2,13 @@
 
 A tuning is a row in ``tunings``; each trial is a task with ``parent_id`` set
 to the tuning and a ``trials`` row (configuration, baseline, pruned) written
-in the same transaction. Everything the driver decides is recomputed from
-the store on every step (a trial ended, a time budget ran out, a restart),
-so a crash loses nothing but the GP's warm start. Per tuning, one lock
-orders the steps; cancelling trials happens outside it, because a pending
-trial's cancel calls back into ``on_task_final``.
+in the same transaction. A tuning without a trial template is driven by
+the user's own workers instead (``tuning_workers``). Everything the driver
+decides is recomputed from the store on every step (a trial ended, a time
+budget ran out, a restart), so a crash loses nothing but the GP's warm
+start. Per tuning, one lock orders the steps; cancelling trials happens
+outside it, because a pending trial's cancel calls back into
+``on_task_final``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .errors import ConflictError, UnsatisfiableError, ValidationFailedError, py
 from .models import TaskSpec
 from .states import Reason, State
 from .store import NewTask
-from .tuning import Suggestion, Trial, Tuner, TuningDescription
+from .tuning import Suggestion, Trial, Tuner, TuningDescription, space_fingerprint
+from .tuning_store import TuningStore
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -39,16 +42,15 @@ CANCEL_ACTIVE = ("TimeBudget", "FirstFeasible")  # running trials no longer matt
 RESOURCE_KEYS = ("cpus", "memory_mb", "gpus", "cores")  # template shorthands for ``resources``
 
 
-def trial_template(raw: dict[str, Any] | None) -> TaskSpec:
-    """The task template of a tuning's trials; 422 naming ``trial.<field>`` when invalid.
+def trial_template(raw: dict[str, Any] | None) -> TaskSpec | None:
+    """The task template of a tuning's trials (None: external workers run them); 422 naming ``trial.<field>``.
 
     Accepts the task schema, plus resource keys at the top level
     (``cpu_milli``, ``cpus``, ``memory_mb``, ``gpus``) as in
     ``examples/quantize/tuning.json``.
     """
     if raw is None:
-        raise ValidationFailedError("invalid tuning", [{"field": "trial", "type": "missing",
-                                                        "problem": "a trial task template is required"}])
+        return None
     spec = dict(raw)
     for key in ("trial_config", "idempotency_key"):
         if key in spec:
@@ -72,41 +74,54 @@ def trial_template(raw: dict[str, Any] | None) -> TaskSpec:
 
 def to_trial(row: dict[str, Any]) -> Trial:
     """A stored trial row as the tuner's ``Trial``."""
-    return Trial(row["task_id"], row["config"], row["state"], row["result"], row["baseline"])
+    return Trial(row["trial_id"], row["config"], row["state"], row["result"], row["baseline"])
 
 
 class Tunings:
-    """Every live tuning of the daemon: its Tuner, trial template and intermediate series."""
+    """Every live tuning of the daemon: its Tuner, trial template, history and intermediate series."""
 
     def __init__(self, daemon: "Daemon"):
+        from .tuning_workers import Workers  # it builds on this module's helpers
         self.d = daemon
+        self.db = TuningStore(daemon.store)
+        self.workers = Workers(self)
         self.tuners: dict[int, Tuner] = {}
-        self.templates: dict[int, TaskSpec] = {}
+        self.templates: dict[int, TaskSpec] = {}  # daemon-run tunings only
+        self.prior: dict[int, list[Trial]] = {}  # use_history: earlier tunings' finished trials
         self.created_at: dict[int, float] = {}
         self.trial_of: dict[int, int] = {}  # task id -> tuning id, live tunings only
-        self.series: dict[int, dict[int, list[tuple[float, float]]]] = {}  # tuning -> task -> (step, value)
+        self.series: dict[int, dict[int, list[tuple[float, float]]]] = {}  # tuning -> trial -> (step, value)
         self.pruning: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self.bg = Background(daemon.fatal)
 
     # ---- intake -----------------------------------------------------
-    async def create(self, raw: dict[str, Any], desc: TuningDescription, template: TaskSpec) -> int:
-        """Commit a tuning, then submit its first trials; return its id."""
-        request = self.d.cluster.request_for(template)
-        refusal = self.d.cluster.never_fits(request)
-        if refusal is not None:
-            raise UnsatisfiableError("no node could ever hold a trial", self.d.cluster.refusal_detail(refusal))
+    async def create(self, raw: dict[str, Any], desc: TuningDescription, template: TaskSpec | None,
+                     owner: str) -> int:
+        """Commit a tuning owned by ``owner``, then submit its first trials; return its id.
+
+        Without a template, the tuning waits for its owner's workers to ask.
+        """
+        if template is not None:
+            request = self.d.cluster.request_for(template)
+            refusal = self.d.cluster.never_fits(request)
+            if refusal is not None:
+                raise UnsatisfiableError("no node could ever hold a trial", self.d.cluster.refusal_detail(refusal))
         name = desc.name or "tuning"
-        tuning_id, created_at = await self.d.store.create_tuning(name, template.user, raw)
-        self._load(tuning_id, raw, created_at)
+        tuning_id, created_at = await self.db.create_tuning(name, owner, raw, space_fingerprint(desc))
+        await self._load(tuning_id, raw, created_at, owner)
         await self.step(tuning_id)
         return tuning_id
 
-    def _load(self, tuning_id: int, raw: dict[str, Any], created_at: float) -> Tuner:
+    async def _load(self, tuning_id: int, raw: dict[str, Any], created_at: float, owner: str) -> Tuner:
         tuner = Tuner.from_json(raw)
         self.tuners[tuning_id] = tuner
-        self.templates[tuning_id] = trial_template(tuner.description.trial)
+        template = trial_template(tuner.description.trial)
+        if template is not None:
+            self.templates[tuning_id] = template.model_copy(update={"user": owner})
+        if tuner.description.use_history:
+            self.prior[tuning_id] = await self._history(tuning_id, owner, tuner.description)
         self.created_at[tuning_id] = created_at
         self.series.setdefault(tuning_id, {})
         budget = tuner.description.time_budget_s
@@ -119,8 +134,9 @@ class Tunings:
         return tuner
 
     def _forget(self, tuning_id: int) -> None:
-        for mapping in (self.tuners, self.templates, self.created_at, self.series, self._locks):
+        for mapping in (self.tuners, self.templates, self.prior, self.created_at, self.series, self._locks):
             mapping.pop(tuning_id, None)
+        self.workers.forget(tuning_id)
         timer = self._timers.pop(tuning_id, None)
         if timer is not None:
             timer.cancel()
@@ -130,11 +146,15 @@ class Tunings:
 
     async def resume(self) -> None:
         """At start: reload every RUNNING tuning and top up its trials."""
-        for tuning_id in await self.d.store.running_tunings():
-            row = await self.d.store.get_tuning(tuning_id)
-            self._load(tuning_id, row["description"], row["created_at"])
+        for tuning_id in await self.db.running_tunings():
+            row = await self.db.get_tuning(tuning_id)
+            await self._load(tuning_id, row["description"], row["created_at"], row["user"])
             metric = self.tuners[tuning_id].intermediate_metric()
-            for t in await self.d.store.tuning_trials(tuning_id):
+            if self.is_external(tuning_id):
+                self.series[tuning_id] = await self.db.reports(tuning_id)
+            for t in await self.db.trials(tuning_id):
+                if t["task_id"] is None:
+                    continue
                 self.trial_of[t["task_id"]] = tuning_id
                 if metric is not None:
                     rows = await self.d.store.task_metrics(t["task_id"])
@@ -145,31 +165,47 @@ class Tunings:
     # ---- the step ---------------------------------------------------
     async def step(self, tuning_id: int) -> None:
         """Record what ended, launch what the tuner suggests, stop when it says so."""
+        if self.is_external(tuning_id):
+            await self.workers.step(tuning_id)
+            return
         cancel: list[int] = []
-        async with self._lock(tuning_id):
+        async with self.lock(tuning_id):
             if tuning_id not in self.tuners:
                 return
-            tuner = self.tuners[tuning_id]
-            rows = await self.d.store.tuning_trials(tuning_id)
+            rows = await self.db.trials(tuning_id)
             trials = [to_trial(r) for r in rows]
             active = [r["task_id"] for r in rows if r["state"] in ACTIVE]
-            reason = self._stop_reason(tuning_id, rows, trials)
+            reason = self.stop_reason(tuning_id, rows, trials)
             if reason is None:
-                suggestions = tuner.suggest(trials)
+                suggestions = await self.suggest(tuning_id, trials)
                 reason = await self._submit_all(tuning_id, suggestions, len(rows))
                 if reason is None and not suggestions and not active:
                     reason = "SpaceExhausted"  # the sampler has nothing left to try
             if reason in CANCEL_ACTIVE and active:
                 cancel = active
             elif reason is not None and not active:
-                await self._end(tuning_id, "FAILED" if reason in FAILING_REASONS else "COMPLETED", reason)
+                await self.end(tuning_id, reason)
         for task_id in cancel:  # each cancel ends a trial, whose final state steps again
             try:
                 await self.d.cancel(task_id, reason)
             except ConflictError as exc:  # mid-launch: the next step cancels it, or it ends by itself
                 log.warning("tuning %d: %s", tuning_id, exc)
 
-    def _stop_reason(self, tuning_id: int, rows: list[dict[str, Any]], trials: list[Trial]) -> str | None:
+    async def suggest(self, tuning_id: int, trials: list[Trial]) -> list[Suggestion]:
+        """The tuner's next configurations, computed off the event loop (a GP fit takes 10-100 ms).
+
+        Callers hold the tuning's lock, so one tuner never suggests twice at once.
+        """
+        tuner = self.tuners[tuning_id]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, tuner.suggest, trials, self.prior.get(tuning_id, ()))
+
+    def is_external(self, tuning_id: int) -> bool:
+        """True for a live tuning driven by external workers (it has no trial template)."""
+        return tuning_id in self.tuners and tuning_id not in self.templates
+
+    def stop_reason(self, tuning_id: int, rows: list[dict[str, Any]], trials: list[Trial]) -> str | None:
+        """Why a live tuning launches nothing more (its tuner's reason, or ``AllTrialsFailed``), or None."""
         tuner = self.tuners[tuning_id]
         reason = tuner.stop_reason(trials, time.time() - self.created_at[tuning_id])
         if reason not in (None, "NumberOfTrials"):
@@ -201,21 +237,25 @@ class Tunings:
             self.d.publish_state(task_id, None, State.PENDING, Reason.SUBMITTED)
         return None
 
-    async def _end(self, tuning_id: int, state: str, reason: str) -> None:
-        if await self.d.store.end_tuning(tuning_id, state, reason):
+    async def end(self, tuning_id: int, reason: str) -> None:
+        """End a tuning (FAILED or COMPLETED by its reason) and forget it."""
+        state = "FAILED" if reason in FAILING_REASONS else "COMPLETED"
+        if await self.db.end_tuning(tuning_id, state, reason):
             log.info("tuning %d: %s (%s)", tuning_id, state, reason)
             self.d.events.publish({"type": "tuning", "tuning_id": tuning_id, "state": state, "reason": reason})
         self._forget(tuning_id)
 
     async def cancel(self, tuning_id: int) -> None:
         """End a tuning CANCELLED and cancel its pending and running trials."""
-        await self.d.store.get_tuning(tuning_id)  # 404 when unknown
-        async with self._lock(tuning_id):
-            await self.d.store.end_tuning(tuning_id, "CANCELLED", Reason.CANCELLED_BY_USER.value)
-            rows = await self.d.store.tuning_trials(tuning_id)
+        await self.db.get_tuning(tuning_id)  # 404 when unknown
+        async with self.lock(tuning_id):
+            await self.db.end_tuning(tuning_id, "CANCELLED", Reason.CANCELLED_BY_USER.value)
+            rows = await self.db.trials(tuning_id)
+            open_ids = [r["trial_id"] for r in rows if r["state"] in ACTIVE and r["task_id"] is None]
+            await self.db.end_worker_trials(open_ids, State.CANCELLED.value, Reason.CANCELLED_BY_USER.value)
             self._forget(tuning_id)
         for r in rows:
-            if r["state"] in ACTIVE:
+            if r["state"] in ACTIVE and r["task_id"] is not None:
                 await self.d.cancel(r["task_id"])
 
     # ---- hooks from the daemon ----------------------------------------
@@ -243,40 +283,58 @@ class Tunings:
         decision = tuner.should_stop(run.task_id, series[run.task_id], series)
         if decision.stop:
             self.pruning.add(run.task_id)
-            await self.d.store.prune_trial(run.task_id, decision.reason)
+            await self.db.prune_trial(run.task_id, decision.reason)
             log.info("tuning %d: trial %d stopped early: %s", tuning_id, run.task_id, decision.reason)
             await self.d.runner.cancel(run.task_id, reason=Reason.EARLY_STOPPED.value)
 
     # ---- views --------------------------------------------------------
     async def view(self, tuning_id: int) -> dict[str, Any]:
-        """State, stop reason, best, Pareto front and every trial of one tuning."""
-        row = await self.d.store.get_tuning(tuning_id)
+        """State, stop reason, best, Pareto front, history used and every trial of one tuning."""
+        row = await self.db.get_tuning(tuning_id)
         tuner = self.tuners.get(tuning_id) or Tuner.from_json(row["description"])
-        rows = await self.d.store.tuning_trials(tuning_id)
+        rows = await self.db.trials(tuning_id)
         trials = [to_trial(r) for r in rows]
-        by_id = {r["task_id"]: r for r in rows}
+        by_id = {r["trial_id"]: r for r in rows}
         out = summarize(row)
         d = tuner.description
         out["objectives"] = [o.model_dump(mode="json") for o in d.objectives]
         out["number_of_trials"] = d.number_of_trials
+        out["driven_by"] = "daemon" if d.trial is not None else "workers"
+        if d.trial is None:
+            out["workers"] = await self.db.count_workers(tuning_id)
+        out["prior_observations"] = len(tuner.observations(await self._prior(tuning_id, row), baseline_from=trials)) \
+            if d.use_history else 0
         out["thresholds"] = tuner.thresholds(trials)
         out["best"] = _best(tuner, trials, by_id)
         out["pareto_front"] = [_brief(by_id[t.trial_id], tuner) for t in tuner.pareto(trials)] \
             if len(d.objectives) > 1 else None
-        views = [_trial_view(r) for r in rows]
+        views = [trial_view(r) for r in rows]
         out["trial_counts"] = {s: sum(v["state"] == s for v in views) for s in sorted({v["state"] for v in views})}
         out["trials"] = views
         out["description"] = row["description"]
         return out
 
+    async def _prior(self, tuning_id: int, row: dict[str, Any]) -> list[Trial]:
+        """The history a tuning was warm-started with (re-read for one that has ended)."""
+        if tuning_id in self.prior:
+            return self.prior[tuning_id]
+        return await self._history(tuning_id, row["user"], TuningDescription.model_validate(row["description"]))
+
+    async def _history(self, tuning_id: int, owner: str, desc: TuningDescription) -> list[Trial]:
+        """The finished trials of the owner's earlier tunings with the same space fingerprint."""
+        earlier = await self.db.history_tunings(owner, space_fingerprint(desc), tuning_id)
+        return [to_trial(r) for r in await self.db.finished_trials(earlier)]
+
     # ---- plumbing -----------------------------------------------------
-    def _lock(self, tuning_id: int) -> asyncio.Lock:
+    def lock(self, tuning_id: int) -> asyncio.Lock:
+        """The lock that orders one tuning's steps."""
         return self._locks.setdefault(tuning_id, asyncio.Lock())
 
     def stop(self) -> None:
         """Daemon shutdown: drop timers and pending steps (a restart resumes them)."""
         for timer in self._timers.values():
             timer.cancel()
+        self.workers.stop()
         for task in list(self.bg.tasks):
             task.cancel()
 
@@ -298,20 +356,24 @@ def _series(metrics: list[dict[str, Any]], metric: str) -> list[tuple[float, flo
     return out
 
 
-def _trial_view(r: dict[str, Any]) -> dict[str, Any]:
+def trial_view(r: dict[str, Any]) -> dict[str, Any]:
+    """One trial as the tuning view shows it (daemon-run: task and node; external: worker)."""
     state = "PRUNED" if r["pruned"] and r["state"] == State.CANCELLED else r["state"]
     end = r["ended_at"] if r["ended_at"] is not None else (None if r["started_at"] is None else time.time())
-    return {"task_id": r["task_id"], "config": r["config"], "baseline": r["baseline"], "state": state,
-            "reason": r["prune_reason"] if state == "PRUNED" else r["reason"], "message": r["message"],
-            "metrics": r["result"], "node": r["node"], "started_at": r["started_at"], "ended_at": r["ended_at"],
-            "duration_s": None if r["started_at"] is None else end - r["started_at"]}
+    duration = r.get("elapsed_s")
+    if duration is None and r["started_at"] is not None:
+        duration = end - r["started_at"]
+    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "baseline": r["baseline"],
+            "state": state, "reason": r["prune_reason"] if state == "PRUNED" else r["reason"],
+            "message": r["message"], "metrics": r["result"], "node": r["node"], "worker_id": r.get("worker_id"),
+            "started_at": r["started_at"], "ended_at": r["ended_at"], "duration_s": duration}
 
 
 def _brief(r: dict[str, Any], tuner: Tuner) -> dict[str, Any]:
     o = tuner.description.objectives[0]
     value = (r["result"] or {}).get(o.metric)
-    return {"task_id": r["task_id"], "config": r["config"], "metrics": r["result"], "metric": o.metric,
-            "value": value}
+    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "metrics": r["result"],
+            "metric": o.metric, "value": value}
 
 
 def _best(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
@@ -329,7 +391,7 @@ def _best(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]]) -
     return {**_brief(by_id[t.trial_id], tuner), "feasible": False}
 
 
-def parse_description(body: bytes) -> tuple[dict[str, Any], TuningDescription, TaskSpec]:
+def parse_description(body: bytes) -> tuple[dict[str, Any], TuningDescription, TaskSpec | None]:
     """The raw JSON, the validated description and the trial template of a ``POST /v1/tunings``."""
     from .api import parse_model
     desc = parse_model(TuningDescription, body)

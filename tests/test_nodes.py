@@ -47,6 +47,8 @@ def test_drain_then_resume(d, tmp_path):
     status, body = d.request("PATCH", "/v1/nodes/n1", {"state": "DRAIN", "reason": "disk swap"})
     assert status == 200 and body["state"] == "DRAINING" and body["reason"] == "disk swap"
     assert body["running"] == [first]
+    listed = {n["name"]: n["running"] for n in d.request("GET", "/v1/nodes")[1]["items"]}
+    assert listed == {"n1": [first], "n2": []}
     waiting = d.submit({"script": report_node(), "labels": {"arch": "a"}})
     other = d.wait(d.submit({"script": report_node()}))
     assert other["result"] == {"node": "n2"}
@@ -76,7 +78,7 @@ def test_down_requeues_running_work_elsewhere(d, tmp_path):
 
 
 def test_delete_refused_while_running_unless_forced(d, tmp_path):
-    tid = d.submit({"script": f'[ "$OAAS_NODE" = n1 ] && sleep 60\n' + report_node(), "labels": {}})
+    tid = d.submit({"script": '[ "$OAAS_NODE" = n1 ] && sleep 60\n' + report_node(), "labels": {}})
     d.wait(tid, {"RUNNING"})
     node = d.task(tid)["attempts"][0]["node"]
     status, body = d.request("DELETE", f"/v1/nodes/{node}")

@@ -129,8 +129,8 @@ def test_invalid_tunings_are_refused(daemon_factory):
     bad = tuning(parameters=[{"name": "xray", "type": "float", "low": 1.0, "high": 0.0}])
     status, body = d.request("POST", "/v1/tunings", bad)
     assert status == 422 and "xray" in str(body["detail"]), body
-    status, body = d.request("POST", "/v1/tunings", {k: v for k, v in tuning().items() if k != "trial"})
-    assert status == 422 and body["detail"][0]["field"] == "trial", body
+    status, body = d.request("POST", "/v1/tunings", tuning(trial={"command": ["true"], "trial_config": {}}))
+    assert status == 422 and body["detail"][0]["field"] == "trial.trial_config", body
     status, body = d.request("POST", "/v1/tunings", tuning(trial={"command": ["true"], "workers": 0}))
     assert status == 422 and body["detail"][0]["field"] == "trial.workers", body
     status, body = d.request("POST", "/v1/tunings", tuning(trial={"command": ["true"], "cpu_milli": 64000}))

@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import subprocess
-from pathlib import Path
 
 import psutil
 

@@ -72,9 +72,15 @@ class StageOptions:
                         self.shortfall_rps.tolist()))
 
 
+REPLICAS_CAP = 1 << 62  # "more replicas than any stage may run"
+
+
 def replicas_needed(load_rps: float, throughput_rps: float) -> int:
-    """Fewest replicas n with n * throughput_rps >= load_rps (exact in floats)."""
-    n = max(0, math.ceil(load_rps / throughput_rps))
+    """Fewest replicas n with n * throughput_rps >= load_rps (exact in floats), at most REPLICAS_CAP."""
+    ratio = load_rps / throughput_rps
+    if not ratio < REPLICAS_CAP:  # overflows to inf on tiny throughputs; int64 tables hold the cap
+        return REPLICAS_CAP
+    n = max(0, math.ceil(ratio))
     while n * throughput_rps < load_rps:  # guard against rounding of the division
         n += 1
     while n > 0 and (n - 1) * throughput_rps >= load_rps:

@@ -241,6 +241,9 @@ class TuningDescription(_Model):
     stop_when: Literal["budget", "first_feasible"] = "budget"
     seed: StrictInt = 0
     use_history: bool = False
+    # External workers only: a handed-out trial not observed within this many
+    # seconds ends TIMEOUT (daemon-run trials use the template's time_limit_s).
+    trial_timeout_s: Annotated[float, Field(gt=0)] | None = None
     sampler: Literal["random", "sobol", "gp"] = "gp"
     early_stopping: EarlyStopping = NoEarlyStopping(rule="none")
     # The trial task template (command, resources, ...), validated by the

@@ -212,7 +212,12 @@ class Tuner:
 
 
 def space_fingerprint(description: TuningDescription) -> str:
-    """A hash of the parameters and objectives: tunings with equal ones can share history."""
-    data = {"parameters": [p.model_dump(mode="json", by_alias=True) for p in description.parameters],
-            "objectives": [o.model_dump(mode="json") for o in description.objectives]}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    """A hash of the parameters' names and types and of the objectives.
+
+    Tunings with equal fingerprints can share history (``use_history``):
+    bounds and choices may differ, as the tuner keeps only the earlier
+    configurations that lie in its own space.
+    """
+    data = {"parameters": sorted((p.name, p.type) for p in description.parameters),
+            "objectives": [(o.metric, o.sense) for o in description.objectives]}
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]

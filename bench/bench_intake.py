@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -34,16 +35,21 @@ from conftest import Daemon  # noqa: E402  (the same harness the tests use)
 BLOCKED = {"command": ["true"], "require_result": False, "resources": {"cpus": 1}}
 
 
-async def submit_many(port: int, total: int, clients: int) -> tuple[float, int]:
+TOKEN = "bench-token-0123456789abcdef"
+USERS = f'[[users]]\nname = "bench"\nrole = "user"\ntoken_sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
+
+
+async def submit_many(port: int, total: int, clients: int, token: str | None = None) -> tuple[float, int]:
     """Submit ``total`` tasks over ``clients`` keep-alive connections; return (seconds, 201s)."""
     url = f"http://127.0.0.1:{port}/v1/tasks"
     body = json.dumps(BLOCKED).encode()
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     ok = 0
 
     async def client(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal ok
         for _ in range(n):
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            async with session.post(url, data=body, headers=headers) as r:
                 text = await r.read()
                 ok += r.status == 201
                 if r.status != 201:
@@ -77,18 +83,21 @@ def raw_sqlite_rate(path: Path, rows: int, batch: int = 100) -> float:
     return rate
 
 
-def blocked_daemon(tmp: Path, loop: str = "uvloop") -> Daemon:
-    d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n')
-    d.server_extra = f'event_loop = "{loop}"\n' 
+def blocked_daemon(tmp: Path, loop: str = "uvloop", users: str = "") -> Daemon:
+    d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n' + users)
+    d.server_extra = f'event_loop = "{loop}"\n'
     d.start()
-    d.submit({"command": ["sleep", "3600"], "resources": {"cpus": 1}})
+    headers = {"Authorization": f"Bearer {TOKEN}"} if users else None
+    status, body = d.request("POST", "/v1/tasks", {"command": ["sleep", "3600"], "resources": {"cpus": 1}},
+                             headers=headers)
+    assert status == 201, body
     return d
 
 
-def submissions_per_s(tmp: Path, total: int, loop: str) -> float:
-    d = blocked_daemon(tmp, loop)
+def submissions_per_s(tmp: Path, total: int, loop: str, auth: bool = False) -> float:
+    d = blocked_daemon(tmp, loop, USERS if auth else "")
     try:
-        secs, ok = asyncio.run(submit_many(d.port, total, 32))
+        secs, ok = asyncio.run(submit_many(d.port, total, 32, TOKEN if auth else None))
     finally:
         d.stop()
     assert ok == total, f"only {ok} of {total} answered 201"
@@ -97,15 +106,18 @@ def submissions_per_s(tmp: Path, total: int, loop: str) -> float:
 
 def bench_throughput(tmp: Path, total: int, runs: int) -> None:
     total -= total % 32
-    rates, plain, raws = [], [], []
-    for i in range(runs):  # interleaved, so both loops see the same noise
+    rates, plain, authed, raws = [], [], [], []
+    for i in range(runs):  # interleaved, so every variant sees the same noise
         rates.append(submissions_per_s(tmp / f"tp{i}", total, "uvloop"))
         plain.append(submissions_per_s(tmp / f"tpa{i}", total, "asyncio"))
+        authed.append(submissions_per_s(tmp / f"tpt{i}", total, "uvloop", auth=True))
         raws.append(raw_sqlite_rate(tmp / f"raw{i}.sqlite3", total))
     rate, raw = statistics.median(rates), statistics.median(raws)
     print(f"durable submissions/s, 32 keep-alive clients, {total} per run, {runs} runs: "
           f"median {rate:,.0f}/s on uvloop (runs: {', '.join(f'{r:,.0f}' for r in rates)}), "
           f"{statistics.median(plain):,.0f}/s on asyncio's loop (ratio {rate / statistics.median(plain):.2f})")
+    print(f"with bearer tokens ([[users]], one user): median {statistics.median(authed):,.0f}/s "
+          f"(ratio to no auth {statistics.median(authed) / rate:.2f})")
     print(f"raw SQLite batched inserts (100/txn, WAL, synchronous=FULL), same disk: median {raw:,.0f} rows/s")
     print(f"ratio daemon / raw SQLite: {rate / raw:.3f}")
 

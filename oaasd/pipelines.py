@@ -309,10 +309,15 @@ def _stored(reg: Registration) -> str:
 
 def summarize(row: dict[str, Any]) -> dict[str, Any]:
     """The list view of a pipeline row."""
-    spec = json.loads(row["spec"])
+    spec = json.loads(row["spec"])  # read leniently: a row an older version stored still shows
     return {**{k: row[k] for k in ("id", "name", "user", "state", "created_at", "stopped_at")},
-            "interval_s": spec["interval_s"], "source": spec["source"]["kind"],
-            "predictor": spec["predictor"]["kind"], "actuator": spec["actuator"]["kind"]}
+            "interval_s": spec.get("interval_s"), "source": _kind(spec, "source"),
+            "predictor": _kind(spec, "predictor"), "actuator": _kind(spec, "actuator")}
+
+
+def _kind(spec: dict[str, Any], part: str) -> str | None:
+    value = spec.get(part)
+    return value.get("kind") if isinstance(value, dict) else None
 
 
 def _decision_row(d: Decision) -> dict[str, Any]:

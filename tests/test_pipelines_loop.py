@@ -8,6 +8,7 @@ real tasks. Every wait polls ``GET /v1/pipelines/{id}`` with a deadline.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import threading
 import time
@@ -373,3 +374,18 @@ def test_bad_registrations_are_422_and_pipelines_belong_to_their_owner(daemon_fa
     assert status == 202 and stopped["state"] == "STOPPED"
     for t in replicas:
         until(lambda: as_("alice", "GET", f"/v1/tasks/{t['task_id']}")[1]["state"] == "CANCELLED")
+
+
+def test_a_stored_registration_that_no_longer_validates_is_stopped_not_fatal(daemon_factory, load, tmp_path):
+    d = daemon_factory()
+    actuator, _ = recorder(tmp_path)
+    broken = register(d, registration({"kind": "http", "url": f"{load.url}/load", "field": "rps"}, actuator))
+    kept = register(d, registration({"kind": "http", "url": f"{load.url}/load", "field": "rps"}, actuator))
+    d.stop()
+    with sqlite3.connect(d.state_dir / "oaasd.sqlite3") as db:  # as if written by an older version
+        db.execute("UPDATE pipelines SET spec=? WHERE id=?", (json.dumps({"retired_field": 1}), broken))
+    d.start()
+    assert poll(d, broken, lambda v: v["state"] == "STOPPED")["state"] == "STOPPED"
+    count = d.request("GET", f"/v1/pipelines/{kept}")[1]["adaptation_count"]
+    poll(d, kept, lambda v: v["state"] == "RUNNING" and v["adaptation_count"] > count)
+    assert "stored registration no longer valid" in d.log()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,13 +74,14 @@ class NodeConfig(Section):
     user: str | None = None
     key: str | None = None
     launcher: Literal["local", "ssh", "mpi"] = "local"
-    cpus: float | None = Field(None, gt=0)
-    sockets: int | None = Field(None, ge=1)
-    cores_per_socket: int | None = Field(None, ge=1)
-    memory_mb: int | None = Field(None, ge=0)
-    gpus: int = Field(0, ge=0)
+    cpus: float | None = Field(None, gt=0, le=1_000_000)
+    sockets: int | None = Field(None, ge=1, le=1024)
+    cores_per_socket: int | None = Field(None, ge=1, le=4096)
+    memory_mb: int | None = Field(None, ge=0, le=1 << 40)
+    gpus: int = Field(0, ge=0, le=1 << 16)
     labels: dict[str, str] = Field(default_factory=dict)
-    core_capacity: list[int] | None = Field(None, description="millicores per core")
+    core_capacity: list[Annotated[int, Field(gt=0, le=1_000_000)]] | None = Field(
+        None, min_length=1, max_length=1 << 16, description="millicores per core")
     known_hosts: str | None = Field(None, description="overrides [ssh] known_hosts for this node")
     work_root: str | None = Field(None, description="remote attempt directories (default [ssh] work_root)")
 
@@ -94,6 +95,8 @@ class NodeConfig(Section):
             self.cpus = float(psutil.cpu_count() or 1) if self.launcher == "local" else 1.0
         if self.memory_mb is None:
             self.memory_mb = psutil.virtual_memory().total // (1 << 20) if self.launcher == "local" else 1024
+        if self.core_capacity and round(self.cpus * 1000) != sum(self.core_capacity):
+            raise ValueError(f"cpus = {self.cpus:g} but core_capacity sums to {sum(self.core_capacity)} millicores")
         return self
 
 

@@ -9,11 +9,10 @@ from aiohttp import web
 from pydantic import Field, model_validator
 
 from . import auth
-from . import placement as pl
 from .api import DAEMON, json_response, parse_model, read_body
 from .cluster import Intent
 from .config import NodeConfig
-from .errors import ConflictError, NotFoundError, ValidationFailedError
+from .errors import ConflictError, NotFoundError
 from .models import Strict
 
 routes = web.RouteTableDef()
@@ -46,15 +45,6 @@ def node_view(request: web.Request, name: str) -> dict:
             "probe": d.health.probes.get(name)}
 
 
-def check_size(cfg: NodeConfig) -> None:
-    """422 unless the node's size makes a placement row (before it is stored: a restart reloads it)."""
-    try:
-        pl.NodeTable.from_specs([{"name": cfg.name, "cpus": cfg.cpus, "memory_mb": cfg.memory_mb, "gpus": cfg.gpus,
-                                  "core_milli": cfg.core_capacity}])
-    except (ValueError, OverflowError) as exc:  # negative or inconsistent cores; beyond int64
-        raise ValidationFailedError("invalid NodeConfig", [{"field": "core_capacity", "problem": str(exc)}]) from None
-
-
 @routes.post("/v1/nodes")
 async def add_node(request: web.Request) -> web.Response:
     auth.require_admin(request)
@@ -62,7 +52,6 @@ async def add_node(request: web.Request) -> web.Response:
     cfg = parse_model(NodeConfig, await read_body(request))
     if cfg.name in d.cluster.nodes:
         raise ConflictError(f"node {cfg.name!r} exists", [{"field": "name", "problem": "already exists"}])
-    check_size(cfg)
     await d.store.save_node(cfg.name, cfg.model_dump(mode="json"), "api")
     d.cluster.add_node(cfg)
     d.node_added(cfg)

@@ -111,6 +111,10 @@ def test_oversized_body_is_413_and_nothing_is_queued(daemon):
     ('[scheduler]\nfit = "perfect"\n', "scheduler.fit"),
     ('[server]\nkill_grace_s = "soon"\n', "server.kill_grace_s"),
     ('[[nodes]]\nname = "a"\ncpus = -2\n', "nodes.0.cpus"),
+    ('[[nodes]]\nname = "a"\ncore_capacity = [1000, -500]\n', "nodes.0.core_capacity.1"),
+    ('[[nodes]]\nname = "a"\ncpus = 4\ncore_capacity = [1000]\n', "core_capacity sums to 1000"),
+    ('[[users]]\nname = "a"\ntoken_sha256 = "abc"\n', "users.0.token_sha256"),
+    ('[limits]\nsubmit_rate = -1\n', "limits.submit_rate"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_config_errors_name_the_key(tmp_path, config, key):

@@ -93,8 +93,11 @@ def test_fuzzing_finds_stay_fixed(daemon_factory):
     status, error = d.request("GET", "/v1/tasks/%C2%B2")  # "²".isdigit() is true, int("²") raises
     assert status == 400
     assert set(error) == {"error", "message", "detail"} and error["detail"][0]["field"] == "id"
-    status, error = d.request("POST", "/v1/nodes", {"name": "odd", "core_capacity": [2000, -1000]})
-    assert status == 422 and error["detail"][0]["field"] == "core_capacity"
+    for bad, field in (({"core_capacity": [2000, -1000]}, "core_capacity.1"),
+                       ({"cpus": 3, "core_capacity": [1000, 1000]}, "body"),
+                       ({"memory_mb": 1 << 62}, "memory_mb")):
+        status, error = d.request("POST", "/v1/nodes", {"name": "odd", **bad})
+        assert status == 422 and error["detail"][0]["field"] == field, error
     profile = {"batch": 1, "latency_ms": 1.0, "throughput_rps": 5e-324}  # load / throughput overflows
     pipeline = {"name": "p", "slo_ms": 10.0, "stages": [
         {"name": "s", "variants": [{"name": "v", "accuracy": 0.9, "cores": 1.0, "profiles": [profile]}]}]}

@@ -234,9 +234,9 @@ class TuningDescription(_Model):
     objectives: Annotated[list[Objective], Field(min_length=1)]
     constraints: list[Constraint] = []
     baseline: Baseline | None = None
-    number_of_trials: Annotated[int, Field(ge=1)] = 50
+    number_of_trials: Annotated[int, Field(ge=1, le=100_000)] = 50
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
-    worker_num: Annotated[int, Field(ge=1)] = 1
+    worker_num: Annotated[int, Field(ge=1, le=4096)] = 1
     parallel_strategy: Literal["sync", "async"] = "async"
     stop_when: Literal["budget", "first_feasible"] = "budget"
     seed: StrictInt = 0

@@ -288,10 +288,11 @@ class PipelineSummary(View):
     state: PipelineState
     created_at: float
     stopped_at: float | None
-    interval_s: float
-    source: Literal["http", "prometheus", "file"]
-    predictor: str
-    actuator: Literal["command", "tasks"]
+    # None only for a row an older version stored that no longer validates (then STOPPED)
+    interval_s: float | None
+    source: Literal["http", "prometheus", "file"] | None
+    predictor: str | None
+    actuator: Literal["command", "tasks"] | None
 
 
 class Adaptation(View):

@@ -251,13 +251,8 @@ class Pipelines:
     async def summaries(self, *, user: str | None, state: str | None, before: int | None,
                    limit: int) -> list[dict[str, Any]]:
         """Summaries newest first, filtered by owner and state, ids below ``before``."""
-        where, params = [], []
-        for clause, value in (("user=?", user), ("state=?", state), ("id<?", before)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        sql = f"SELECT * FROM pipelines {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id DESC LIMIT ?"
-        return [summarize(r) for r in await self.d.store.fetch(sql, [*params, limit])]
+        rows = await self.d.store.page("pipelines", "*", {"user": user, "state": state}, before, limit)
+        return [summarize(r) for r in rows]
 
     async def view(self, row: dict[str, Any], limit: int) -> dict[str, Any]:
         """Summary, registration, current configuration and the last ``limit`` adaptations."""

@@ -360,17 +360,20 @@ class Store:
                          name: str | None = None, parent_id: int | None = None,
                          before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Return tasks newest first, filtered, with ids below ``before``."""
-        where, params = [], []
-        for col, val in (("state", state), ("user", user), ("name", name), ("parent_id", parent_id)):
-            if val is not None:
-                where.append(f"{col}=?")
-                params.append(val)
+        filters = {"state": state, "user": user, "name": name, "parent_id": parent_id}
+        return await self.page("tasks", TASK_COLUMNS, filters, before, limit)
+
+    async def page(self, table: str, columns: str, filters: dict[str, Any], before: int | None,
+                   limit: int) -> list[dict[str, Any]]:
+        """One page of a table newest first: rows whose columns equal the non-None ``filters``
+        and whose id is below ``before``. Table and column names come from code, never requests."""
+        where = [f"{col}=?" for col, val in filters.items() if val is not None]
+        params: list[Any] = [val for val in filters.values() if val is not None]
         if before is not None:
             where.append("id<?")
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self.fetch(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY id DESC LIMIT ?",
-                                 [*params, limit])
+        return await self.fetch(f"SELECT {columns} FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
 
     async def count_pending(self, user: str) -> int:
         """How many PENDING tasks a user holds."""

@@ -69,17 +69,7 @@ class TuningStore:
     async def list_tunings(self, *, state: str | None = None, user: str | None = None, before: int | None = None,
                            limit: int = 100) -> list[dict[str, Any]]:
         """Return tunings newest first (without their descriptions)."""
-        where, params = [], []
-        for col, val in (("state", state), ("user", user)):
-            if val is not None:
-                where.append(f"{col}=?")
-                params.append(val)
-        if before is not None:
-            where.append("id<?")
-            params.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self.store.fetch(f"SELECT {TUNING_COLUMNS} FROM tunings {clause} ORDER BY id DESC LIMIT ?",
-                                      [*params, limit])
+        return await self.store.page("tunings", TUNING_COLUMNS, {"state": state, "user": user}, before, limit)
 
     async def running_tunings(self) -> list[int]:
         """Ids of every RUNNING tuning (to resume at start)."""

@@ -115,8 +115,8 @@ def _weighted(cols: np.ndarray, factors: np.ndarray) -> np.ndarray:
     may skip it and still match bit for bit.
     """
     terms = cols * factors
-    acc = terms[:, 0].copy()
-    for r in range(1, terms.shape[1]):
+    acc = terms[:, 0] + terms[:, 1]  # r >= 2 (RESOURCES): no copy of the first term
+    for r in range(2, terms.shape[1]):
         acc += terms[:, r]
     return acc
 

@@ -149,6 +149,25 @@ def test_check_marks_failing_nodes(reason, request_, expect):
     assert pl.passing(t, request_).tolist() == (~pl.failures(t, request_).any(0)).tolist()
 
 
+@pytest.mark.parametrize("request_, static, cand", [
+    # (request, static_rows: could ever match, candidates: pass every check now)
+    (Request(cpu_milli=1, gpus=1), [1, 3], [1, 3]),
+    (Request(cpu_milli=1, labels={"zone": "a"}), [0, 2], [0]),
+    (Request(cpu_milli=1, gpus=1, labels={"zone": "b"}), [1, 3], [1, 3]),
+    (Request(cpu_milli=4000, gpus=1, labels={"zone": "b"}), [1, 3], [1]),
+    (Request(memory_mb=1, gpus=1, labels={"arch": "arm"}), [3], [3]),
+    (Request(cpu_milli=1, gpus=1, labels={"zone": "a"}), [], []),
+    (Request(cpu_milli=1, labels={"zone": "z"}), [], []),
+])
+def test_static_rows_narrow_and_candidates_check_the_rest(request_, static, cand):
+    t = four_nodes()
+    assert pl.static_rows(t, request_).tolist() == static
+    assert pl.candidates(t, request_).tolist() == cand
+    t.schedulable[:] = False  # state and use are read per call; the static rows never change
+    t.free[:] = 0
+    assert pl.static_rows(t, request_).tolist() == static and pl.candidates(t, request_).tolist() == []
+
+
 def test_check_reason_codes_are_camel_case_and_ordered():
     assert list(pl.CHECKS) == ["NodeNotSchedulable", "LabelMismatch", "NodeNotIdle", "InsufficientCpu",
                                "InsufficientMemory", "InsufficientGpus", "InsufficientCores"]

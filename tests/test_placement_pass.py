@@ -191,3 +191,22 @@ def test_per_core_requests_that_most_rows_refuse_fall_back_to_place() -> None:
         assert [g.hosts if isinstance(g, pl.Placement) else g for g in got] == \
             [w.hosts if isinstance(w, pl.Placement) else w for w in want]
         assert all(h[0] >= 100 for g in got if isinstance(g, pl.Placement) for h in g.hosts)
+
+
+@pytest.mark.parametrize("fit", ["best", "worst"])
+def test_gangs_dealt_by_the_shortcuts_and_the_general_dealers_agree_with_place(fit: str) -> None:
+    """Spread gangs with k rows (one worker each) and with fewer rows than k (several per
+    row), packed gangs filling rows to capacity then a last partial row, per-core ones too."""
+    table = pl.NodeTable.from_specs([{"name": f"n{i}", "cpus": 2 + 2 * (i % 3), "memory_mb": 16000}
+                                     for i in range(5)])
+    queue = [pl.Request(cpu_milli=1000, workers=4, spread=True),   # 4 rows, one each
+             pl.Request(cpu_milli=1000, workers=9, spread=True),   # 5 rows, several each
+             pl.Request(cpu_milli=1000, workers=7),                # rows to capacity, then a partial one
+             pl.Request(cores=(500, 500), workers=3, spread=True),
+             pl.Request(cores=(500, 500), workers=3),
+             pl.Request(cpu_milli=1000, workers=8, spread=True)]   # too few slots left: refused
+    want, _ = _one_by_one(table, queue, fit)
+    got = pl.place_queue(table, queue, fit)
+    assert [getattr(r, "hosts", None) for r in got] == [getattr(r, "hosts", None) for r in want]
+    assert got[-1] == want[-1] and isinstance(got[-1], pl.Refusal)
+    assert any(s > 1 for _, s in got[1].hosts) and got[0].workers == len(got[0].hosts) == 4

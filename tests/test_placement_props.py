@@ -212,3 +212,37 @@ def test_slot_dealers_match_one_worker_at_a_time(cap, k):
             pack[i], left = pack[i] + 1, left - 1
     assert sc.spread_slots(cap, k) == spread
     assert sc.pack_slots(cap, k) == pack
+
+
+@SETTINGS
+@given(tables(), st.lists(requests(), max_size=6), requests(), st.lists(st.integers(0, 5), max_size=3))
+def test_candidates_are_the_rows_passing_every_check_but_cores(t, prior, r, drain):
+    """``candidates`` (labels and GPUs checked on their cached rows first) and ``passing`` agree,
+    after use and after drains (the state is read per call, never cached)."""
+    for q in prior:
+        got = pl.place(t, q)
+        if isinstance(got, Placement):
+            pl.reserve(t, q, got)
+    for i in drain:
+        t.schedulable[i % len(t.names)] = False
+    assert pl.candidates(t, r).tolist() == np.flatnonzero(pl.passing(t, r, cores=False)).tolist()
+    assert pl.candidates(t.copy(), r).tolist() == pl.candidates(t, r).tolist()  # copies share the cache
+
+
+@SETTINGS
+@given(tables(), st.lists(requests(), max_size=6), requests())
+def test_refusal_shortfalls_are_the_largest_eligible_amounts(t, prior, r):
+    """Each resource shortfall names the most any schedulable, matching node has free and in total."""
+    for q in prior:
+        got = pl.place(t, q)
+        if isinstance(got, Placement):
+            pl.reserve(t, q, got)
+    got = pl.place(t, r)
+    if isinstance(got, Placement):
+        return
+    eligible = t.schedulable & pl.label_match(t, r)
+    want = []
+    if eligible.any():
+        free, total = t.free[eligible].max(0), t.total[eligible].max(0)
+        want = [pl.Shortfall(pl.RESOURCES[c], x, int(free[c]), int(total[c])) for c, x in r.asked if x > free[c]]
+    assert [s for s in got.detail if s.resource in pl.RESOURCES] == want

@@ -55,7 +55,9 @@ async def serve(settings, config_path: str | None = None) -> int:
     # per GP fit runs 3-6x faster on a busy head node and leaves a core to the loop.
     threadpoolctl.threadpool_limits(1, user_api="blas")
     notifier = SystemdNotifier()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # lingering_time: after answering 413 to a body it did not read, aiohttp drains the
+    # rest for this long; its 10 s default also held every shutdown that came after one.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0)
     await runner.setup()  # starts the daemon: store opened, work recovered
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
     await site.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +53,15 @@ async def run_batch(port: int, n: int) -> float:
         return time.perf_counter() - t0
 
 
+def phases(d: Daemon) -> tuple[float, float]:
+    """Medians of submit -> RUNNING and RUNNING -> final over the daemon's tasks."""
+    status, body = d.request("GET", "/v1/tasks?limit=1000")
+    assert status == 200, body
+    items = [t for t in body["items"] if t["ended_at"]]
+    return (statistics.median(t["started_at"] - t["submitted_at"] for t in items),
+            statistics.median(t["ended_at"] - t["started_at"] for t in items))
+
+
 def nodes_toml(cluster=None, count: int = 4) -> str:
     out = "[health]\ninterval_s = 5.0\n"
     for i in range(count):
@@ -78,10 +88,12 @@ def main() -> None:
                 d.start()
                 try:
                     secs = asyncio.run(run_batch(d.port, args.tasks))
+                    wait, run = phases(d)
                 finally:
                     d.stop()
                 results[label] = args.tasks / secs
-                print(f"{label}: {args.tasks} tasks in {secs:.2f} s = {results[label]:.1f} tasks/s")
+                print(f"{label}: {args.tasks} tasks in {secs:.2f} s = {results[label]:.1f} tasks/s; "
+                      f"median queued {wait * 1e3:.0f} ms, median RUNNING (launch to recorded end) {run * 1e3:.0f} ms")
             print(f"ssh / local throughput ratio: {results['ssh x4'] / results['local x4']:.2f}")
     finally:
         cluster.stop()

@@ -125,10 +125,12 @@ reap)  # PID START TAG GRACE_TENTHS: TERM, wait, KILL (grace -1: KILL at once)
   echo $by;;
 status)  # DIR PID START
   if alive "$2" "$3"; then echo alive; elif [ -r "$1/exit" ]; then echo exited; else echo gone; fi;;
-fetch)  # DIR: a marker line, "exit=RC", then "result" and result.json's bytes, or "none"
+fetch)  # DIR [remove]: a marker line, "exit=RC", then "result" and result.json's bytes, or "none"
   rc=; [ -r "$1/exit" ] && read -r rc < "$1/exit"
   echo "$FETCH_MARK"; echo "exit=$rc"
-  if [ -r "$1/result.json" ]; then echo result; cat "$1/result.json"; else echo none; fi;;
+  if [ -r "$1/result.json" ]; then echo result; cat "$1/result.json"; else echo none; fi
+  [ "$2" = remove ] && [ -n "$1" ] && rm -rf -- "$1"
+  exit 0;;
 remove)  # DIR
   [ -n "$1" ] && rm -rf -- "$1";;
 prepare)  # DIR HOSTFILE_TEXT: make an MPI attempt dir, print its absolute path
@@ -309,16 +311,15 @@ class SshHandle:
         if not await self._pipe(remote_command("finish", self.dir, self.locator.pid, int(self.locator.start_time),
                                                self.tag, o1, o2), 0):
             return None
-        res = await self.pool.run(self.node, remote_command("fetch", self.dir))
+        # One command reads the exit record and result and (unless kept) removes the directory.
+        keep = self.pool.options.keep_remote_dirs
+        res = await self.pool.run(self.node, remote_command("fetch", self.dir, "keep" if keep else "remove"))
         # Anything a login shell printed first (a chatty .bashrc) stays before the marker.
         head, _, rest = res.stdout.partition(FETCH_MARK.encode() + b"\n")[2].partition(b"\n")
         kind, _, result = rest.partition(b"\n")
         if kind == b"result":
             self.job.result_path.write_bytes(result)
         rc = head.decode().removeprefix("exit=").strip()
-        if not self.pool.options.keep_remote_dirs:
-            self.pool.chore(self.pool.run(self.node, remote_command("remove", self.dir), check=False),
-                            f"removing {self.dir} on {self.node}")
         if rc.lstrip("-").isdigit():
             self.job.exit_path.write_text(rc + "\n")
             return exit_from_status(int(rc))

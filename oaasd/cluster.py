@@ -193,7 +193,7 @@ class Cluster:
         return {
             "name": name, "state": state or self.states()[name], "reason": reason,
             "launcher": node.launcher, "host": node.host, "labels": node.labels,
-            "capacity": _resources(self.table.total[i]), "free": _resources(self.table.free[i]),
+            "capacity": resources(self.table.total[i]), "free": resources(self.table.free[i]),
             "intent": None if intent is None else {"state": intent.state, "reason": intent.reason,
                                                    "user": intent.user, "at": intent.at},
         }
@@ -205,6 +205,7 @@ def request_key(r: pl.Request) -> tuple:
             r.spread, r.exclusive)
 
 
-def _resources(row: np.ndarray) -> dict[str, Any]:
+def resources(row: np.ndarray) -> dict[str, Any]:
+    """One row of the table's resource columns in API units (cpus, memory_mb, gpus)."""
     return {"cpus": int(row[0]) / 1000, "memory_mb": int(row[1]), "gpus": int(row[2])}
 

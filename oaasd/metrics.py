@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from .api import DAEMON
-from .cluster import NODE_STATES
+from .cluster import NODE_STATES, resources
 from .states import State
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ routes = web.RouteTableDef()
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
-RESOURCES = (("cpus", 1000), ("memory_mb", 1), ("gpus", 1))  # table column order, and its unit divisor
 NOT_FAILURES = (State.COMPLETED, State.CANCELLED)
 
 
@@ -85,11 +84,10 @@ class Metrics:
         for state in NODE_STATES:
             self.nodes.labels(state).set(states.get(state, 0))
         table = d.cluster.table
-        total = table.total.sum(axis=0)
-        free = table.free[table.schedulable].sum(axis=0)
-        for col, (name, unit) in enumerate(RESOURCES):
-            self.capacity.labels(name).set(int(total[col]) / unit)
-            self.free.labels(name).set(int(free[col]) / unit)
+        for name, value in resources(table.total.sum(axis=0)).items():
+            self.capacity.labels(name).set(value)
+        for name, value in resources(table.free[table.schedulable].sum(axis=0)).items():
+            self.free.labels(name).set(value)
 
 
 @routes.get("/metrics")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 PAYLOAD_FIELDS = ("name", "state", "reason", "message", "ended_at")
 # Ended tasks with a callback_url but no callbacks row: the daemon stopped between
 # the task's final commit and the row's. One scan of the tasks at start (~60 ms per 100k).
-UNRECORDED = ("SELECT id FROM tasks t WHERE ended_at IS NOT NULL AND instr(spec, '\"callback_url\"') > 0 "
+UNRECORDED = ("SELECT id, spec FROM tasks t WHERE ended_at IS NOT NULL AND instr(spec, '\"callback_url\"') > 0 "
               "AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE c.task_id = t.id) ORDER BY id")
 ERROR_CHARS = 500
 
@@ -56,8 +56,8 @@ class Callbacks:
         for row in await self.d.store.fetch(
                 "SELECT task_id, url, payload, attempts FROM callbacks WHERE state='PENDING' ORDER BY task_id"):
             self._spawn(row["task_id"], row["url"], row["payload"], row["attempts"])
-        for (task_id,) in await self.d.store.rows(UNRECORDED):
-            await self.task_final(task_id)
+        for task_id, spec in await self.d.store.rows(UNRECORDED):
+            await self.task_final(task_id, json.loads(spec).get("callback_url"))
 
     async def stop(self) -> None:
         """Cancel the deliveries in flight (their rows stay PENDING) and close the client."""
@@ -65,12 +65,14 @@ class Callbacks:
         if self._session is not None:
             await self._session.close()
 
-    async def task_final(self, task_id: int) -> None:
-        """A task ended: when it has a callback_url, commit its callback row, then deliver it."""
-        row = await self.d.store.get_task(task_id)
-        url = json.loads(row["spec"]).get("callback_url")
+    async def task_final(self, task_id: int, url: str | None) -> None:
+        """A task ended: when it has a callback_url, commit its callback row, then deliver it.
+
+        The caller passes the url it already holds, so the many tasks without one cost no read.
+        """
         if url is None:
             return
+        row = await self.d.store.get_task(task_id)
         payload = json.dumps(payload_of(row))
 
         async def op(db):

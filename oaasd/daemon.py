@@ -139,7 +139,7 @@ class Daemon:
                     continue  # it was placed meanwhile: cancel it as running
                 self.scheduler.discard(task_id)
                 self.publish_state(task_id, State.PENDING, State.CANCELLED, reason)
-                await self.on_task_final(task_id, State.CANCELLED, None)
+                await self.on_task_final(task_id, State.CANCELLED, None, json.loads(row["spec"]).get("callback_url"))
                 return
             if await self.runner.cancel(task_id, reason):
                 return
@@ -202,10 +202,10 @@ class Daemon:
         """New OAAS_METRIC lines of a running attempt (tuning hooks in here)."""
         await self.tunings.on_metrics(run, metrics)
 
-    async def on_task_final(self, task_id: int, state: State, result: Any) -> None:
+    async def on_task_final(self, task_id: int, state: State, result: Any, callback_url: str | None) -> None:
         """A task reached a final state (tuning and callback hooks in here)."""
         await self.tunings.on_task_final(task_id, state, result)
-        await self.callbacks.task_final(task_id)
+        await self.callbacks.task_final(task_id, callback_url)
 
     # ---- views ------------------------------------------------------
     def status_line(self) -> str:

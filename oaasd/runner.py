@@ -230,7 +230,7 @@ class Runner:
         if task_state == State.PENDING:
             await self.d.requeue(run.task_id)
         else:
-            await self.d.on_task_final(run.task_id, task_state, result)
+            await self.d.on_task_final(run.task_id, task_state, result, run.spec.callback_url)
         self.d.wake_scheduler()
 
     # ---- cancel and stop --------------------------------------------

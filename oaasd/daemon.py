@@ -115,16 +115,18 @@ class Daemon:
         refusal = self.cluster.never_fits(request)
         if refusal is not None:
             raise UnsatisfiableError("no node could ever hold this task", self.cluster.refusal_detail(refusal))
-        task = NewTask(name=spec.name, user=spec.user, priority=spec.priority,
-                       spec=spec.model_dump(mode="json", exclude_defaults=True),
-                       idempotency_key=spec.idempotency_key)
+        task = NewTask.from_spec(spec)
         task_id, created = await self.store.submit(task)
         if created:
-            self.scheduler.add(task_id, spec.priority, task.submitted_at, request)
-            self.events.publish({"type": "state", "task_id": task_id, "old": None,
-                                 "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
+            self.queued(task_id, task, request)
             return task_id, True, self.new_task_summary(task_id, spec, task.submitted_at)
         return task_id, False, await self.task_summary(task_id)
+
+    def queued(self, task_id: int, task: NewTask, request: pl.Request) -> None:
+        """A task just committed PENDING (a submission or a tuning's trial) joins the queue."""
+        self.scheduler.add(task_id, task.priority, task.submitted_at, request)
+        self.events.publish({"type": "state", "task_id": task_id, "old": None,
+                             "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
 
     async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> None:
         """Cancel a pending task at once, or kill a running one."""

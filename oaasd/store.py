@@ -57,6 +57,12 @@ class NewTask:
     parent_id: int | None = None
     submitted_at: float = field(default_factory=time.time)
 
+    @classmethod
+    def from_spec(cls, spec: Any, parent_id: int | None = None) -> "NewTask":
+        """The row to insert for a validated TaskSpec (``parent_id``: the tuning of a trial)."""
+        return cls(name=spec.name, user=spec.user, priority=spec.priority, parent_id=parent_id,
+                   spec=spec.model_dump(mode="json", exclude_defaults=True), idempotency_key=spec.idempotency_key)
+
 
 class Store:
     """Durable task state behind one writer with group commit."""

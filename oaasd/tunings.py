@@ -226,15 +226,13 @@ class Tunings:
         for k, s in enumerate(suggestions, start=count + 1):
             name = f"{self.tuners[tuning_id].description.name or 'tuning'}-{'baseline' if s.baseline else k}"
             spec = template.model_copy(update={"trial_config": s.config, "name": name[:200]})
-            task = NewTask(name=spec.name, user=spec.user, priority=spec.priority, parent_id=tuning_id,
-                           spec=spec.model_dump(mode="json", exclude_defaults=True))
+            task = NewTask.from_spec(spec, parent_id=tuning_id)
             try:
                 task_id = await self.d.store.submit_trial(task, tuning_id, s.config, s.baseline)
             except ConflictError:  # cancelled meanwhile
                 return None
             self.trial_of[task_id] = tuning_id
-            self.d.scheduler.add(task_id, spec.priority, task.submitted_at, request)
-            self.d.publish_state(task_id, None, State.PENDING, Reason.SUBMITTED)
+            self.d.queued(task_id, task, request)
         return None
 
     async def end(self, tuning_id: int, reason: str) -> None:

@@ -16,6 +16,7 @@ killed and removed at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -340,3 +341,25 @@ def ssh_nodes():
     yield make
     for cluster in clusters:
         cluster.stop()
+
+
+def node_toml(cluster, launcher: str = "ssh", cpus: int = 2, extra: str = "") -> str:
+    out = []
+    for n in cluster.nodes:
+        out.append(f'[[nodes]]\nname = "{n.name}"\nlauncher = "{launcher}"\nhost = "{n.host}"\nport = {n.port}\n'
+                   f'user = "{n.user}"\nkey = "{n.key_path}"\nknown_hosts = "{n.known_hosts}"\n'
+                   f'work_root = "{n.work_root}"\ncpus = {cpus}\nmemory_mb = 2000\n')
+    mpi_args = json.dumps(cluster.mpi_args())
+    return ("[ssh]\nkeepalive_interval_s = 1.0\nkeepalive_count_max = 2\nconnect_timeout_s = 3.0\n"
+            "lost_grace_s = 2.0\n[health]\ninterval_s = 0.5\ntimeout_s = 3.0\n"
+            f"[mpi]\nargs = {mpi_args}\nenv = {{ PMIX_MCA_gds = \"hash\" }}\n" + extra + "".join(out))
+
+
+def wait_node_state(d, name: str, state: str, timeout: float = 20) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, view = d.request("GET", f"/v1/nodes/{name}")
+        if view["state"] == state:
+            return view
+        time.sleep(0.1)
+    raise AssertionError(f"node {name} stayed {view['state']}: {view}")

@@ -6,6 +6,11 @@ reload or restart drops it (or an admin deletes it).
 A changed node is applied only while nothing runs on it. Nodes added or
 deleted over the API keep the run-time decision, as they do at start.
 ``[server]``, ``[ssh]``, ``[mpi]`` and ``[health]`` need a restart.
+
+A file that would weaken access is refused like an invalid one, because an
+empty or half-written ``oaasd.toml`` parses as "no users": turning auth on or
+off (a change of mode needs a restart), dropping every admin, or leaving the
+running non-loopback listener without users.
 """
 
 from __future__ import annotations
@@ -34,8 +39,24 @@ async def reload_file(daemon: "Daemon", path: str | Path | None) -> bool:
     except ConfigError as exc:
         log.error("reload refused, keeping the running settings: %s", exc.message)
         return False
+    problem = access_problem(daemon.settings, settings)
+    if problem is not None:
+        log.error("reload refused, keeping the running settings: %s: %s", path, problem)
+        return False
     await apply(daemon, settings)
     return True
+
+
+def access_problem(old: Settings, new: Settings) -> str | None:
+    """Why ``new`` may not replace the running ``old`` by reload, or None."""
+    if old.auth_on != new.auth_on:
+        now, then = ("on", "off") if old.auth_on else ("off", "on")
+        return f"it would turn auth {then} (auth is {now}; changing the auth mode needs a restart)"
+    if any(u.role == "admin" for u in old.users) and not any(u.role == "admin" for u in new.users):
+        return "it declares no admin user (the running settings have one)"
+    if not old.server.loopback and not new.users:
+        return f"the daemon listens on {old.server.listen}, beyond loopback, and the file declares no users"
+    return None
 
 
 async def apply(daemon: "Daemon", new: Settings) -> list[str]:

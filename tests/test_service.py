@@ -158,6 +158,27 @@ def test_sighup_reloads_users(daemon_factory):
     assert d.request("GET", "/v1/tasks", headers=bearer("bob"))[0] == 200
 
 
+def test_sighup_never_weakens_auth(daemon_factory):
+    """An empty or cut-off oaasd.toml parses as "no users": a reload must refuse it, not turn auth off."""
+    d = daemon_factory(users_toml())
+    full = d.config_path.read_text()
+    bad_files = [
+        ("", "turn auth off"),
+        (full[: full.index("[[users]]")], "turn auth off"),  # cut off before the users
+        (_users_without("root"), "no admin"),
+    ]
+    for n, (text, why) in enumerate(bad_files, start=1):
+        d.config_path.write_text(text)
+        d.proc.send_signal(signal.SIGHUP)
+        poll(lambda: d.log().count("reload refused") == n, what=f"refusal {n} logged")
+        assert why in d.log().split("reload refused")[-1].splitlines()[0]
+        status, body = d.request("GET", "/v1/tasks")
+        assert status == 401, body  # auth stayed on
+        assert d.request("GET", "/v1/tasks", headers=bearer("alice"))[0] == 200
+        assert d.request("GET", "/v1/nodes", headers=bearer("root"))[0] == 200
+    assert "users and limits reloaded" not in d.log()
+
+
 def _users_without(name: str) -> str:
     out = []
     for user, token in TOKENS.items():

@@ -21,6 +21,21 @@ from .seams import Host
 NODE_STATES = ("IDLE", "MIXED", "ALLOCATED", "DRAINING", "DRAINED", "DOWN")
 
 
+# A refusal is formatted in the fields and units of the task spec a user wrote,
+# not the placement core's: (field, divisor, unit words, what the capacity is).
+API_UNITS: dict[str, tuple[str, int, str, str]] = {
+    "cpu_milli": ("resources.cpus", 1000, "", "largest node has"),
+    "memory_mb": ("resources.memory_mb", 1, "", "largest node has"),
+    "gpus": ("resources.gpus", 1, "", "largest node has"),
+    "core_milli": ("resources.cores", 1, " millicores on one core", "largest core has"),
+    "workers": ("workers", 1, " workers", "the nodes that fit one hold"),
+}
+
+
+def _in_units(amount: int, scale: int) -> int | float:
+    return amount // scale if amount % scale == 0 else amount / scale
+
+
 @dataclass
 class Intent:
     """What an admin (or the health loop) said about a node."""
@@ -143,9 +158,10 @@ class Cluster:
             {"field": "resources", "problem": f"{code}: {count} node(s)", "check": code, "nodes": count}
             for code, count in refusal.counts.items() if count]
         for s in refusal.detail:
-            detail.append({"field": f"resources.{s.resource}", "problem":
-                           f"requested {s.requested}, largest node has {s.capacity}",
-                           "requested": s.requested, "capacity": s.capacity})
+            field, scale, unit, has = API_UNITS.get(s.resource, (f"resources.{s.resource}", 1, "", "largest node has"))
+            requested, capacity = _in_units(s.requested, scale), _in_units(s.capacity, scale)
+            detail.append({"field": field, "problem": f"requested {requested:g}{unit}, {has} {capacity:g}",
+                           "requested": requested, "capacity": capacity})
         return detail
 
     def placement_to_json(self, placed: pl.Placement) -> dict[str, Any]:

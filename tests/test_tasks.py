@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -182,6 +183,28 @@ def test_never_fitting_task_is_refused(daemon):
     assert {"check": "InsufficientMemory", "nodes": 1}.items() <= body["detail"][0].items()
     status, listing = daemon.request("GET", "/v1/tasks")
     assert listing["items"] == []
+
+
+def test_refusal_speaks_the_units_the_user_wrote(daemon_factory):
+    d = daemon_factory('[[nodes]]\nname = "n"\ncpus = 2\nmemory_mb = 1000\n')
+    cases = [({"cpus": 999}, "resources.cpus", "requested 999, largest node has 2", 999, 2),
+             ({"cpus": 2.5}, "resources.cpus", "requested 2.5, largest node has 2", 2.5, 2),
+             ({"memory_mb": 4000}, "resources.memory_mb", "requested 4000, largest node has 1000", 4000, 1000),
+             ({"cores": [1500]}, "resources.cores", "requested 1500 millicores on one core, largest core has 1000",
+              1500, 1000)]
+    for resources, field, problem, requested, capacity in cases:
+        status, body = d.request("POST", "/v1/tasks", {"command": ["true"], "resources": resources})
+        assert status == 422 and body["error"] == "Unsatisfiable", body
+        shortfall = [x for x in body["detail"] if x["field"] != "resources"]
+        assert shortfall == [{"field": field, "problem": problem, "requested": requested, "capacity": capacity}]
+    status, body = d.request("POST", "/v1/tasks", {"command": ["true"], "workers": 3, "resources": {"cpus": 1}})
+    assert status == 422
+    assert {"field": "workers", "problem": "requested 3 workers, the nodes that fit one hold 2"} in [
+        {k: x[k] for k in ("field", "problem")} for x in body["detail"]], body
+    cli = subprocess.run([sys.executable, "-m", "oaasd", "submit", "--url", f"http://127.0.0.1:{d.port}", "--cpus", "999", "--", "true"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 4
+    assert "resources.cpus: requested 999, largest node has 2" in cli.stderr, cli.stderr
 
 
 def test_cancel_gives_the_program_its_grace_period(daemon, tmp_path):

@@ -221,7 +221,17 @@ async def _send_new(resp: web.StreamResponse, path, offset: int) -> int:
 async def list_nodes(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     running = d.runner.by_node()
-    return json_response({"items": [{**v, "running": running.get(v["name"], [])} for v in d.cluster.views()]})
+    return json_response({"items": [{**v, **running_on(request, running.get(v["name"], []))}
+                                    for v in d.cluster.views()]})
+
+
+def running_on(request: web.Request, task_ids: list[int]) -> dict[str, Any]:
+    """A node's running tasks as its caller may see them: every id for admins,
+    only their own for users (with the count of all, which tells load, not whose)."""
+    who = auth.caller(request)
+    runs = request.app[DAEMON].runner.runs
+    mine = [t for t in task_ids if who.admin or (t in runs and runs[t].spec.user == who.name)]
+    return {"running": sorted(mine), "running_count": len(task_ids)}
 
 
 @routes.get("/healthz")

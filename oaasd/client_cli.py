@@ -303,7 +303,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         print(json.dumps(views, indent=2))
         return 0
     rows = [[v["name"], v["state"], _free_total(v, "cpus"), _free_total(v, "memory_mb"),
-             _free_total(v, "gpus"), len(v.get("running") or []), v.get("reason") or ""] for v in views]
+             _free_total(v, "gpus"), v.get("running_count", len(v.get("running") or [])), v.get("reason") or ""] for v in views]
     headers = ["NAME", "STATE", "CPUS", "MEMORY_MB", "GPUS", "RUNNING", "REASON"]
     print("\n".join(table(headers, rows, terminal_width(), shrink=(6, 0))))
     return 0

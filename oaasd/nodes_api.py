@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field, model_validator
 
 from . import auth
-from .api import DAEMON, json_response, parse_model, read_body
+from .api import DAEMON, json_response, parse_model, read_body, running_on
 from .cluster import Intent
 from .config import NodeConfig
 from .errors import ConflictError, NotFoundError
@@ -41,8 +41,9 @@ def node_name(request: web.Request) -> str:
 
 def node_view(request: web.Request, name: str) -> dict:
     d = request.app[DAEMON]
-    return {**d.cluster.view(name), "running": sorted(d.runner.on_node(name)),
+    return {**d.cluster.view(name), **running_on(request, d.runner.on_node(name)),
             "probe": d.health.probes.get(name)}
+
 
 
 @routes.post("/v1/nodes")

@@ -154,7 +154,8 @@ class NodeSummary(View):
     capacity: NodeResources
     free: NodeResources
     intent: NodeIntent | None
-    running: list[int] = Field(description="tasks with an attempt on the node")
+    running: list[int] = Field(description="tasks with an attempt on the node (a non-admin sees only their own)")
+    running_count: int = Field(description="how many tasks have an attempt on the node, whoever owns them")
 
 
 class NodeView(NodeSummary):

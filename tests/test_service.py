@@ -294,3 +294,21 @@ def test_json_log_has_one_line_per_state_change_with_task_and_node(daemon_factor
     mine = [x for x in lines if x.get("task") == task]
     assert [x["msg"].split(": ", 1)[1].split(" (")[0] for x in mine] == ["PENDING -> RUNNING", "RUNNING -> COMPLETED"]
     assert {x["node"] for x in mine} == {"local"} and all(x["level"] == "INFO" for x in mine)
+
+
+def test_nodes_show_other_users_tasks_as_counts(daemon_factory):
+    d = daemon_factory(users_toml())
+    status, body = d.request("POST", "/v1/tasks", {"command": ["sleep", "30"], "require_result": False},
+                             headers=bearer("alice"))
+    assert status == 201
+    tid = body["id"]
+    poll(lambda: d.request("GET", f"/v1/tasks/{tid}", headers=bearer("alice"))[1]["state"] == "RUNNING",
+         what="alice's task running")
+    seen = {}
+    for who in ("alice", "bob", "root"):
+        listing = d.request("GET", "/v1/nodes", headers=bearer(who))[1]["items"]
+        one = d.request("GET", "/v1/nodes/local", headers=bearer(who))[1]
+        assert [(n["running"], n["running_count"]) for n in listing] == [(one["running"], one["running_count"])]
+        seen[who] = (one["running"], one["running_count"])
+    assert seen == {"alice": ([tid], 1), "bob": ([], 1), "root": ([tid], 1)}
+    assert d.request("DELETE", f"/v1/tasks/{tid}", headers=bearer("alice"))[0] == 202

@@ -337,8 +337,9 @@ BAD = [
 
 def test_bad_registrations_are_422_and_pipelines_belong_to_their_owner(daemon_factory, load):
     tokens = {"alice": "user", "bob": "user", "root": "admin"}
-    d = daemon_factory("".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
-                               for n, r in tokens.items()))
+    users = "".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
+                    for n, r in tokens.items())
+    d = daemon_factory('[outbound]\nallow = ["127.0.0.1/32"]\n' + users)  # the load server, for alice too
 
     def as_(name, method, path, body=None, raw=None):
         return d.request(method, path, body, raw=raw, headers=as_headers(name))

@@ -30,7 +30,7 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import psutil
@@ -134,11 +134,11 @@ class Policy:
                 return f"{addr} is in outbound.deny {net}"
         if admin or any(addr in net for net in self.allow):
             return None
-        if addr in self.own:
-            return f"{addr} is the daemon's own address"
         for what, nets in BUILT_IN_DENIED:
             if any(addr in net for net in nets):
                 return f"{addr} is {what}"
+        if addr in self.own:
+            return f"{addr} is the daemon's own address"
         return None if self.default == "allow" else f"{addr} is not in outbound.allow"
 
     def url_refusal(self, url: URL, admin: bool) -> str | None:
@@ -170,13 +170,13 @@ class _Refused(OSError):
 class PolicyResolver(AbstractResolver):
     """A resolver handing the connector only the addresses the policy lets it reach."""
 
-    def __init__(self, policy: Policy, admin: bool):
-        self.policy, self.admin = policy, admin
+    def __init__(self, policy: Policy, admin: bool, lookup: Callable[..., list] = socket.getaddrinfo):
+        self.policy, self.admin, self.lookup = policy, admin, lookup
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
         """The allowed addresses of ``host``; :class:`_Refused` when there are none."""
         try:
-            infos = await DNS.run(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0,
+            infos = await DNS.run(self.lookup, host, port, family, socket.SOCK_STREAM, 0,
                                   socket.AI_ADDRCONFIG, timeout_s=DNS_TIMEOUT_S)
         except PoolTimeoutError:
             raise OSError(f"no DNS answer for {host} within {DNS_TIMEOUT_S:g} s") from None
@@ -199,8 +199,8 @@ class PolicyResolver(AbstractResolver):
 class Client:
     """HTTP requests on a user's behalf, kept to the policy: one session for admins, one for others."""
 
-    def __init__(self, policy: Policy, cfg: OutboundConfig):
-        self.policy, self.cfg = policy, cfg
+    def __init__(self, policy: Policy, cfg: OutboundConfig, lookup: Callable[..., list] = socket.getaddrinfo):
+        self.policy, self.cfg, self.lookup = policy, cfg, lookup
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
     @classmethod
@@ -210,7 +210,7 @@ class Client:
 
     def _session(self, admin: bool) -> aiohttp.ClientSession:
         if admin not in self._sessions:
-            connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.policy, admin), limit=100)
+            connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.policy, admin, self.lookup), limit=100)
             # Bodies undecoded: a compressed answer cannot grow past the size cap while being read.
             self._sessions[admin] = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False,

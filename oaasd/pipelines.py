@@ -39,7 +39,7 @@ from .pipeline import Decision, Pipeline, PredictorSpec, plan, solve, solve_gree
 from .pipeline.actuators import (ActuatorSpec, Replicas, StageConfig, TasksActuator, live_tasks,
                                  run_commands)
 from .pipeline.predictors import LastValuePredictor
-from .pipeline.sources import FileSource, LoadSourceError, SourceSpec, load_file_parts, read_load
+from .pipeline.sources import FileSource, LoadSourceError, SourceSpec, read_load, registrable
 from .pools import SOLVE
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def parse_registration(body: bytes, load_dir) -> Registration:
     """A validated registration; 422 naming the field, ``source.path`` when it leaves ``load_dir``."""
     from .api import parse_model
     reg = parse_model(Registration, body)
-    if isinstance(reg.source, FileSource) and load_file_parts(reg.source.path, load_dir) is None:
+    if isinstance(reg.source, FileSource) and not registrable(reg.source.path, load_dir):
         raise ValidationFailedError("invalid Registration", [{
             "field": "source.path", "type": "outside_load_dir",
             "problem": f"a file source must lie inside the load directory {load_dir}"}])

@@ -97,6 +97,15 @@ def load_file_parts(path: str, load_dir: Path) -> tuple[str, ...] | None:
     return parts if parts and ".." not in parts else None
 
 
+def registrable(path: str, load_dir: Path) -> bool:
+    """Whether a file source may be registered: inside ``load_dir`` in words, and as the path resolves now."""
+    if load_file_parts(path, load_dir) is None:
+        return False
+    root = load_dir.resolve()
+    resolved = (root / path).resolve()  # a symlink pointing out is refused here already, not only at read
+    return resolved.is_relative_to(root) and resolved != root
+
+
 async def read_load(source: HttpSource | PrometheusSource | FileSource, client: Client, load_dir: Path,
                     admin: bool) -> float:
     """The load (requests/s) ``source`` reports now, fetched under ``admin``'s or a user's policy.

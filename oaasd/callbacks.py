@@ -14,7 +14,7 @@ POSTs go through :class:`oaasd.outbound.Client` under the task owner's
 outbound policy: a URL it forbids as written is refused at submission (422
 on ``callback_url``); one whose name resolves only to forbidden addresses,
 or that redirects to one, is recorded FAILED at once (retrying would not
-change the answer). Only 307/308 redirects are followed (they keep the body).
+change the answer). Redirects are not followed: a 3xx is a failed POST.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Enforcement, without a window between check and use: an IP literal in the
 URL is checked before the request; a name is resolved by the connector's own
 resolver (:class:`PolicyResolver`), which drops refused addresses, so the
 connection goes only to an address that was checked. Redirects are followed
-here, one hop at a time (each checked again, at most ``max_redirects``);
+here for GETs, one hop at a time (each checked again, at most
+``max_redirects``; a callback's POST follows none, a redirect is its answer);
 answers are read up to ``max_response_bytes``, all hops within one time limit.
 """
 
@@ -50,7 +51,6 @@ BUILT_IN_DENIED: tuple[tuple[str, tuple[Network, ...]], ...] = tuple(
         ("unspecified", ("0.0.0.0/8", "::/128")),
         ("multicast", ("224.0.0.0/4", "ff00::/8", "255.255.255.255/32"))))
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-KEEPS_BODY = frozenset({307, 308})  # a POST is followed only through these (the others turn it into a GET)
 DNS_TIMEOUT_S = 10.0
 LOOPBACK_NAMES = ("localhost", "localhost.")  # and every *.localhost (RFC 6761)
 
@@ -249,7 +249,7 @@ class Client:
                 raise DeniedError(f"{target}: refused by the outbound policy: {why}")
             async with session.request(method, target, data=data, headers=headers, allow_redirects=False) as resp:
                 location = resp.headers.get("Location")
-                if resp.status in REDIRECTS and location and (method == "GET" or resp.status in KEEPS_BODY):
+                if resp.status in REDIRECTS and location and method == "GET":  # a POST's redirect is its answer
                     target = target.join(URL(location))
                     continue
                 return Answer(resp.status, resp.reason or "", await self._body(resp, target))

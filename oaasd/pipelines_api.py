@@ -73,7 +73,7 @@ async def stop_pipeline(request: web.Request) -> web.Response:
 
 
 def _owner(request: web.Request, reg: Registration) -> str:
-    """Who owns a new pipeline: the caller, or its replica template's ``user`` when an admin names one (403 otherwise)."""
+    """Who owns a new pipeline: the caller, or the replica template's ``user`` an admin names (403 for others)."""
     who = auth.caller(request)
     template = reg.actuator.template if isinstance(reg.actuator, TasksActuator) else None
     wanted = template.user if template is not None and "user" in template.model_fields_set else who.name

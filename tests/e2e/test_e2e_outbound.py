@@ -25,7 +25,8 @@ CALLBACKS = "[callbacks]\nattempts = 3\nbackoff_s = 0.05\ntimeout_s = 5\n"
 PIPELINE = {
     "name": "out", "slo_ms": 200,
     "stages": [{"name": "only", "max_replicas": 2, "variants": [
-        {"name": "v", "accuracy": 0.9, "cores": 0.01, "profiles": [{"batch": 1, "latency_ms": 10, "throughput_rps": 5000}]}]}]}
+        {"name": "v", "accuracy": 0.9, "cores": 0.01,
+         "profiles": [{"batch": 1, "latency_ms": 10, "throughput_rps": 5000}]}]}]}
 REPLICAS = {"kind": "tasks", "template": {"command": ["sleep", "60"], "resources": {"cpus": 0.01},
                                           "require_result": False}}
 QUICK = {"command": ["true"], "require_result": False}

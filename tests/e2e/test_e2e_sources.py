@@ -20,7 +20,8 @@ FIFOS = 10  # more than the default executor's threads on this machine (min(32, 
 PIPELINE = {
     "name": "fifo", "slo_ms": 200,
     "stages": [{"name": "only", "max_replicas": 4, "variants": [
-        {"name": "v", "accuracy": 0.9, "cores": 1, "profiles": [{"batch": 1, "latency_ms": 10, "throughput_rps": 50}]}]}]}
+        {"name": "v", "accuracy": 0.9, "cores": 1,
+         "profiles": [{"batch": 1, "latency_ms": 10, "throughput_rps": 50}]}]}]}
 COMMAND = {"kind": "command", "argv": ["true"]}
 EXTERNAL = {"name": "ext", "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
             "objectives": [{"metric": "loss", "sense": "minimize"}], "number_of_trials": 5, "sampler": "random"}

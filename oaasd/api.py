@@ -104,6 +104,7 @@ async def submit_task(request: web.Request) -> web.Response:
         raise ValidationFailedError("invalid TaskSpec", [{"field": "trial_config", "type": "forbidden",
                                                           "problem": "set by the daemon for tuning trials only"}])
     async with admit(request, spec) as spec:
+        d.callbacks.check_url(spec.callback_url, spec.user)  # 422 when the owner's outbound policy forbids it
         task_id, created, view = await d.submit(spec)
     return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/tasks/{task_id}"})
 

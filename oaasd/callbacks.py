@@ -9,6 +9,12 @@ DELIVERED on a 2xx answer, or FAILED after ``[callbacks] attempts`` POSTs.
 Rows still PENDING are resumed at start, and an ended task whose row was
 never written (a crash right after its final commit) gets one then, so a
 daemon stop only delays a delivery. Nothing in the loops waits for one.
+
+POSTs go through :class:`oaasd.outbound.Client` under the task owner's
+outbound policy: a URL it forbids as written is refused at submission (422
+on ``callback_url``); one whose name resolves only to forbidden addresses,
+or that redirects to one, is recorded FAILED at once (retrying would not
+change the answer). Redirects are not followed: a 3xx is a failed POST.
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from .background import Background
+from .outbound import Client, DeniedError, OutboundError, privileged
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -47,23 +52,26 @@ class Callbacks:
         self.d = daemon
         self.cfg = daemon.settings.callbacks
         self.bg = Background(daemon.fatal)
-        self._session: aiohttp.ClientSession | None = None
+        self.outbound = Client.from_settings(daemon.settings)
+
+    def check_url(self, url: str | None, owner: str) -> None:
+        """Refuse (422 on ``callback_url``) a URL the owner's outbound policy forbids as written."""
+        if url is not None:
+            self.outbound.policy.check_registered(url, "callback_url", privileged(self.d.settings, owner))
 
     async def start(self) -> None:
-        """Open the HTTP client; resume deliveries left PENDING, record those never recorded."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                                              headers={"User-Agent": "oaasd"})
+        """Resume deliveries left PENDING, record those never recorded."""
         for row in await self.d.store.fetch(
-                "SELECT task_id, url, payload, attempts FROM callbacks WHERE state='PENDING' ORDER BY task_id"):
-            self._spawn(row["task_id"], row["url"], row["payload"], row["attempts"])
+                "SELECT c.task_id, c.url, c.payload, c.attempts, t.user FROM callbacks c JOIN tasks t "
+                "ON t.id = c.task_id WHERE c.state='PENDING' ORDER BY c.task_id"):
+            self._spawn(row["task_id"], row["url"], row["payload"], row["attempts"], row["user"])
         for task_id, spec in await self.d.store.rows(UNRECORDED):
             await self.task_final(task_id, json.loads(spec).get("callback_url"))
 
     async def stop(self) -> None:
         """Cancel the deliveries in flight (their rows stay PENDING) and close the client."""
         await self.bg.cancel_all()
-        if self._session is not None:
-            await self._session.close()
+        await self.outbound.close()
 
     async def task_final(self, task_id: int, url: str | None) -> None:
         """A task ended: when it has a callback_url, commit its callback row, then deliver it.
@@ -80,7 +88,7 @@ class Callbacks:
                                    "VALUES (?,?,?,'PENDING',?)", (task_id, url, payload, time.time()))
             return cur.rowcount == 1
         if await self.d.store.write(op):
-            self._spawn(task_id, url, payload, 0)
+            self._spawn(task_id, url, payload, 0, row["user"])
 
     async def view(self, task_id: int) -> dict[str, Any] | None:
         """The delivery record of a task's callback, or None when it has none (yet)."""
@@ -93,32 +101,32 @@ class Callbacks:
         """Seconds to wait after ``failed`` failed POSTs."""
         return min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (failed - 1))
 
-    def _spawn(self, task_id: int, url: str, payload: str, done: int) -> None:
-        self.bg.spawn(self._deliver(task_id, url, payload, done), f"callback-{task_id}")
+    def _spawn(self, task_id: int, url: str, payload: str, done: int, owner: str) -> None:
+        self.bg.spawn(self._deliver(task_id, url, payload, done, owner), f"callback-{task_id}")
 
-    async def _deliver(self, task_id: int, url: str, payload: str, done: int) -> None:
+    async def _deliver(self, task_id: int, url: str, payload: str, done: int, owner: str) -> None:
         last = max(self.cfg.attempts, done + 1)  # a resumed delivery gets at least one more POST
         for attempt in range(done + 1, last + 1):
             if attempt > 1:
                 await asyncio.sleep(self.backoff(attempt - 1))
-            status, error = await self._post(url, payload)
+            status, error, denied = await self._post(url, payload, privileged(self.d.settings, owner))
             delivered = error is None
-            state = "DELIVERED" if delivered else "FAILED" if attempt == last else "PENDING"
+            state = "DELIVERED" if delivered else "FAILED" if attempt == last or denied else "PENDING"
             await self._record(task_id, attempt, status, error, state)
             self.d.metrics.callbacks.labels("delivered" if delivered else "error").inc()
-            if delivered:
+            if delivered or state == "FAILED":
                 return
 
-    async def _post(self, url: str, payload: str) -> tuple[int | None, str | None]:
-        """One POST: (HTTP status or None, error or None when delivered)."""
+    async def _post(self, url: str, payload: str, admin: bool) -> tuple[int | None, str | None, bool]:
+        """One POST: (HTTP status or None, error or None when delivered, whether the policy refused it)."""
         try:
-            async with self._session.post(url, data=payload, allow_redirects=False,
-                                          headers={"Content-Type": "application/json"}) as resp:
-                if 200 <= resp.status < 300:
-                    return resp.status, None
-                return resp.status, f"HTTP {resp.status} {resp.reason or ''}".strip()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+            answer = await self.outbound.request("POST", url, admin=admin, timeout_s=self.cfg.timeout_s, data=payload,
+                                                 headers={"Content-Type": "application/json"})
+        except OutboundError as exc:
+            return None, str(exc)[:ERROR_CHARS], isinstance(exc, DeniedError)
+        if 200 <= answer.status < 300:
+            return answer.status, None, False
+        return answer.status, f"HTTP {answer.status} {answer.reason}".strip(), False
 
     async def _record(self, task_id: int, attempt: int, status: int | None, error: str | None,
                       state: str) -> None:

@@ -137,6 +137,34 @@ class CallbacksConfig(Section):
     timeout_s: float = Field(10.0, gt=0, description="time limit of one POST")
 
 
+def _networks(nets: list[str]) -> list[str]:
+    """CIDR strings checked and normalised (``10.0.0.0/8``, ``fd00::/8``, a bare address is one host)."""
+    out = []
+    for net in nets:
+        try:
+            out.append(str(ipaddress.ip_network(net, strict=True)))
+        except ValueError as exc:
+            raise ValueError(f"{net!r} is not a network in CIDR form: {exc}") from None
+    return out
+
+
+class OutboundConfig(Section):
+    """``[outbound]``: which addresses the daemon reaches on a user's behalf (pipeline sources, callbacks)."""
+
+    allow: list[str] = Field(default_factory=list, max_length=1000,
+                             description="networks non-admins may reach, even inside the built-in denied ranges")
+    deny: list[str] = Field(default_factory=list, max_length=1000, description="networks nobody reaches, admins too")
+    default: Literal["allow", "deny"] = Field(
+        "allow", description="for non-admins, an address outside allow, deny and the built-in denied ranges")
+    max_redirects: int = Field(5, ge=0, le=20, description="redirects followed per request, each checked again")
+    max_response_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="longest answer body read")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return _networks(v)
+
+
 class LimitsConfig(Section):
     """``[limits]``: per-user intake limits (0 = unlimited); a user entry may override each."""
 
@@ -171,6 +199,7 @@ class Settings(Section):
     mpi: MpiConfig = Field(default_factory=MpiConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

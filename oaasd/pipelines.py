@@ -1,8 +1,9 @@
 """The pipeline adaptation loops: one asyncio task per registered pipeline.
 
-Each interval a loop reads the load from its source, forecasts and solves
-(the pure :func:`oaasd.pipeline.plan`, in the default executor so the event
-loop never waits on the solver), applies the configuration through its
+Each interval a loop reads the load from its source (URLs under its owner's
+outbound policy, files on a pool of their own), forecasts and solves (the
+pure :func:`oaasd.pipeline.plan`, on the ``SOLVE`` pool so the event loop
+never waits on the solver), applies the configuration through its
 actuator when something is to do, and appends one ``adaptations`` row. A
 failing source or actuator is recorded in that row and tried again next
 interval; only a bug (an unexpected exception) stops the daemon.
@@ -29,16 +30,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .background import Background
 from .errors import NotFoundError, ValidationFailedError
+from .outbound import Client, privileged
 from .pipeline import Decision, Pipeline, PredictorSpec, plan, solve, solve_greedy
 from .pipeline.actuators import (ActuatorSpec, Replicas, StageConfig, TasksActuator, live_tasks,
                                  run_commands)
 from .pipeline.predictors import LastValuePredictor
-from .pipeline.sources import FileSource, LoadSourceError, SourceSpec, load_file_path, read_load
+from .pipeline.sources import FileSource, LoadSourceError, SourceSpec, read_load, registrable
+from .pools import SOLVE
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -72,7 +74,7 @@ def parse_registration(body: bytes, load_dir) -> Registration:
     """A validated registration; 422 naming the field, ``source.path`` when it leaves ``load_dir``."""
     from .api import parse_model
     reg = parse_model(Registration, body)
-    if isinstance(reg.source, FileSource) and load_file_path(reg.source.path, load_dir) is None:
+    if isinstance(reg.source, FileSource) and not registrable(reg.source.path, load_dir):
         raise ValidationFailedError("invalid Registration", [{
             "field": "source.path", "type": "outside_load_dir",
             "problem": f"a file source must lie inside the load directory {load_dir}"}])
@@ -102,7 +104,7 @@ class Pipelines:
         self.d = daemon
         self.live: dict[int, Live] = {}
         self.bg = Background(daemon.fatal)
-        self.session: aiohttp.ClientSession | None = None
+        self.outbound = Client.from_settings(daemon.settings)
 
     @property
     def load_dir(self):
@@ -121,6 +123,18 @@ class Pipelines:
         pipeline_id = await self.d.store.write(op)
         self._start(Live(pipeline_id, reg.pipeline.name, owner, reg))
         return pipeline_id
+
+    def privileged(self, user: str) -> bool:
+        """Whether ``user``'s sources are fetched under the admins' outbound policy."""
+        return privileged(self.d.settings, user)
+
+    def check_destinations(self, reg: Registration, owner: str) -> None:
+        """Refuse (422 naming the field) a source or callback URL the outbound policy forbids as written."""
+        admin, policy = self.privileged(owner), self.outbound.policy
+        if not isinstance(reg.source, FileSource):
+            policy.check_registered(reg.source.url, f"source.{reg.source.kind}.url", admin)
+        if isinstance(reg.actuator, TasksActuator) and reg.actuator.template.callback_url is not None:
+            policy.check_registered(reg.actuator.template.callback_url, "actuator.tasks.template.callback_url", admin)
 
     async def resume(self) -> None:
         """At start: restart the loop of every RUNNING pipeline from the store."""
@@ -145,8 +159,6 @@ class Pipelines:
             log.info("pipeline %d: resumed with %d observations", p.id, len(p.history))
 
     def _start(self, p: Live) -> None:
-        if self.session is None:
-            self.session = aiohttp.ClientSession()
         if isinstance(p.reg.actuator, TasksActuator):
             p.replicas = Replicas(self.d, p.id, p.name, p.user, p.reg.actuator)
         self.live[p.id] = p
@@ -176,15 +188,14 @@ class Pipelines:
         """Daemon shutdown: halt every loop, leave the pipelines RUNNING (a restart resumes them)."""
         await asyncio.gather(*(_halt(p) for p in self.live.values()))
         self.live.clear()
-        if self.session is not None:
-            await self.session.close()
+        await self.outbound.close()
 
     # ---- one interval -----------------------------------------------
     async def run_once(self, p: Live) -> dict[str, Any]:
         """Observe, forecast, solve, apply when needed, and store the adaptation; return its row."""
         row: dict[str, Any] = {"at": time.time(), "changed": False}
         try:
-            observed = await read_load(p.reg.source, self.session, self.load_dir)
+            observed = await read_load(p.reg.source, self.outbound, self.load_dir, self.privileged(p.user))
         except LoadSourceError as exc:
             row["source_error"] = str(exc)
             await self._record(p.id, row)
@@ -192,7 +203,7 @@ class Pipelines:
         p.history.append(observed)
         step = functools.partial(plan, p.reg.pipeline, tuple(p.history), p.reg.predictor, 1, p.reg.headroom,
                                  solve if p.reg.method == "exact" else solve_greedy)
-        forecast, decision = await asyncio.get_running_loop().run_in_executor(None, step)
+        forecast, decision = await SOLVE.run(step)
         wanted = stage_configs(p.reg.pipeline, decision)
         row.update(_decision_row(decision), observed_rps=observed, predicted_rps=forecast,
                    configuration=[c._asdict() for c in wanted], changed=wanted != p.last)

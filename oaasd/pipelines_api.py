@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from . import auth
 from .api import DAEMON, choice_param, int_param, json_response, parse_model, read_body
-from .pipeline.actuators import CommandActuator
-from .pipelines import STATES, parse_registration
+from .errors import ForbiddenError
+from .pipeline.actuators import CommandActuator, TasksActuator
+from .pipelines import STATES, Registration, parse_registration
+from .pools import SOLVE
 
 routes = web.RouteTableDef()
 
@@ -20,8 +20,9 @@ async def solve(request: web.Request) -> web.Response:
     from .pipeline import SolveRequest
     from .pipeline.solver import solve_request
     body = parse_model(SolveRequest, await read_body(request))
-    # The exact solver takes tens of ms on 8 stages (bench/RESULTS-pipeline.md): keep it off the loop.
-    decision = await asyncio.get_running_loop().run_in_executor(None, solve_request, body)
+    # The exact solver takes tens of ms on 8 stages (bench/RESULTS-pipeline.md): keep it off the loop,
+    # on a pool no load source or tuning shares.
+    decision = await SOLVE.run(solve_request, body)
     return web.Response(text=decision.model_dump_json(), content_type="application/json")
 
 
@@ -30,13 +31,16 @@ async def register_pipeline(request: web.Request) -> web.Response:
     """Register a pipeline and start its adaptation loop.
 
     A ``command`` actuator runs on the head node as the daemon's user, outside
-    any placement: only admins may register one (403 otherwise).
+    any placement: only admins may register one (403 otherwise). Source and
+    callback URLs the owner's outbound policy forbids as written are 422.
     """
     pipelines = request.app[DAEMON].pipelines
     reg = parse_registration(await read_body(request), pipelines.load_dir)
     if isinstance(reg.actuator, CommandActuator):
         auth.require_admin(request)
-    pipeline_id = await pipelines.create(reg, auth.caller(request).name)
+    owner = _owner(request, reg)
+    pipelines.check_destinations(reg, owner)
+    pipeline_id = await pipelines.create(reg, owner)
     view = await pipelines.view(await pipelines.row(pipeline_id), 0)
     return json_response(view, 201, {"Location": f"/v1/pipelines/{pipeline_id}"})
 
@@ -66,6 +70,17 @@ async def stop_pipeline(request: web.Request) -> web.Response:
     row = await _owned(request)
     await pipelines.delete(row["id"])
     return json_response(await pipelines.view(await pipelines.row(row["id"]), 20), status=202)
+
+
+def _owner(request: web.Request, reg: Registration) -> str:
+    """Who owns a new pipeline: the caller, or the replica template's ``user`` an admin names (403 for others)."""
+    who = auth.caller(request)
+    template = reg.actuator.template if isinstance(reg.actuator, TasksActuator) else None
+    wanted = template.user if template is not None and "user" in template.model_fields_set else who.name
+    if wanted != who.name and not who.admin:
+        raise ForbiddenError(f"user {who.name!r} may not create pipelines for {wanted!r}",
+                             [{"field": "actuator.tasks.template.user", "problem": "only admins act for other users"}])
+    return wanted
 
 
 async def _owned(request: web.Request) -> dict:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from .background import Background
 from .errors import ConflictError, UnsatisfiableError, ValidationFailedError, pydantic_detail
 from .models import TaskSpec
+from .pools import SUGGEST
 from .states import Reason, State
 from .store import NewTask
 from .tuning import Suggestion, Trial, Tuner, TuningDescription, space_fingerprint
@@ -197,8 +198,7 @@ class Tunings:
         Callers hold the tuning's lock, so one tuner never suggests twice at once.
         """
         tuner = self.tuners[tuning_id]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, tuner.suggest, trials, self.prior.get(tuning_id, ()))
+        return await SUGGEST.run(tuner.suggest, trials, self.prior.get(tuning_id, ()))  # a pool of their own
 
     def is_external(self, tuning_id: int) -> bool:
         """True for a live tuning driven by external workers (it has no trial template)."""

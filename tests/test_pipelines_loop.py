@@ -337,8 +337,9 @@ BAD = [
 
 def test_bad_registrations_are_422_and_pipelines_belong_to_their_owner(daemon_factory, load):
     tokens = {"alice": "user", "bob": "user", "root": "admin"}
-    d = daemon_factory("".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
-                               for n, r in tokens.items()))
+    users = "".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
+                    for n, r in tokens.items())
+    d = daemon_factory('[outbound]\nallow = ["127.0.0.1/32"]\n' + users)  # the load server, for alice too
 
     def as_(name, method, path, body=None, raw=None):
         return d.request(method, path, body, raw=raw, headers=as_headers(name))
@@ -389,3 +390,31 @@ def test_a_stored_registration_that_no_longer_validates_is_stopped_not_fatal(dae
     count = d.request("GET", f"/v1/pipelines/{kept}")[1]["adaptation_count"]
     poll(d, kept, lambda v: v["state"] == "RUNNING" and v["adaptation_count"] > count)
     assert "stored registration no longer valid" in d.log()
+
+
+def test_a_replica_template_naming_another_user_is_403_unless_admin(daemon_factory, load):
+    tokens = {"alice": "user", "bob": "user", "root": "admin"}
+    users = "".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
+                    for n, r in tokens.items())
+    d = daemon_factory('[outbound]\nallow = ["127.0.0.1/32"]\n' + users)
+    template = {"command": ["sleep", "60"], "resources": {"cpus": 0.01}, "require_result": False}
+
+    def register_as(name: str, template_user: str):
+        body = registration({"kind": "http", "url": f"{load.url}/load"},
+                            {"kind": "tasks", "template": {**template, "user": template_user}})
+        return d.request("POST", "/v1/pipelines", body, headers=as_headers(name))
+
+    status, body = register_as("bob", "alice")
+    assert status == 403 and body["error"] == "Forbidden", body
+    assert body["detail"] == [{"field": "actuator.tasks.template.user", "problem": "only admins act for other users"}]
+    assert d.request("GET", "/v1/pipelines", headers=as_headers("root"))[1]["items"] == []
+    assert d.request("GET", "/v1/tasks", headers=as_headers("root"))[1]["items"] == []
+    status, own = register_as("bob", "bob")
+    assert status == 201 and own["user"] == "bob", own
+    status, for_alice = register_as("root", "alice")  # as a tuning's template: an admin may act for a user
+    assert status == 201 and for_alice["user"] == "alice", for_alice
+    replicas = poll(d, for_alice["id"], lambda v: len(v["tasks"]) == 2, headers=as_headers("root"))["tasks"]
+    assert {d.request("GET", f"/v1/tasks/{t['task_id']}", headers=as_headers("alice"))[1]["user"]
+            for t in replicas} == {"alice"}
+    for pipeline in (own, for_alice):
+        assert d.request("DELETE", f"/v1/pipelines/{pipeline['id']}", headers=as_headers("root"))[0] == 202

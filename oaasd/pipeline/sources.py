@@ -8,22 +8,37 @@ This module and :mod:`.actuators` are the I/O edge of the pipeline package
   ``data.result[0].value[1]``;
 - ``file``: a file appended to, one number per line; the last line counts.
   The path must lie inside the daemon's load directory
-  (``<state_dir>/loads``): a request never names an arbitrary file.
+  (``<state_dir>/loads``): a request never names an arbitrary file. It is
+  opened one name at a time, never through a symlink, non-blocking, and read
+  only when a regular file (its last 4 KiB), on a pool of its own with a
+  time limit: a FIFO or a hung file system there holds nobody else's work.
+
+URLs are fetched through :class:`oaasd.outbound.Client` under the owner's
+outbound policy.
 
 Every failure is a :class:`LoadSourceError` whose message the loop records.
 """
 
 from __future__ import annotations
 
-import asyncio
+import errno
+import json
 import math
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-TAIL_BYTES = 4096  # a file source's last line must fit in this
+from ..outbound import Client, OutboundError
+from ..pools import SOURCES, PoolTimeoutError
+
+TAIL_BYTES = 4096  # a file source's last line must fit in this; no more is read per interval
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+NOT_OPENED = {errno.ELOOP: "a symlink, never followed",
+              errno.ENOTDIR: "a symlink (never followed) or a file where a directory should be"}
 
 
 class LoadSourceError(Exception):
@@ -57,47 +72,73 @@ class FileSource(_Spec):
 
     kind: Literal["file"]
     path: str = Field(min_length=1, max_length=4096)
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
 SourceSpec = Annotated[HttpSource | PrometheusSource | FileSource, Field(discriminator="kind")]
 
 
-def load_file_path(path: str, load_dir: Path) -> Path | None:
-    """``path`` (relative to ``load_dir`` or absolute) resolved, or None when it escapes ``load_dir``."""
+def load_file_parts(path: str, load_dir: Path) -> tuple[str, ...] | None:
+    """The names leading from ``load_dir`` to ``path`` (relative, or absolute inside it), or None when it leaves it.
+
+    Decided on the words alone: ``..`` is refused, and symlinks are never followed when reading.
+    """
     if "\x00" in path:
         return None
+    wanted = PurePosixPath(path)  # collapses "//" and "." components, keeps ".."
+    if wanted.is_absolute():
+        for root in dict.fromkeys((load_dir.absolute(), load_dir.resolve())):
+            if wanted.is_relative_to(root):
+                wanted = wanted.relative_to(root)
+                break
+        else:
+            return None
+    parts = wanted.parts
+    return parts if parts and ".." not in parts else None
+
+
+def registrable(path: str, load_dir: Path) -> bool:
+    """Whether a file source may be registered: inside ``load_dir`` in words, and as the path resolves now."""
+    if load_file_parts(path, load_dir) is None:
+        return False
     root = load_dir.resolve()
-    resolved = (root / path).resolve()  # an absolute ``path`` replaces root; symlinks are followed
-    return resolved if resolved.is_relative_to(root) and resolved != root else None
+    resolved = (root / path).resolve()  # a symlink pointing out is refused here already, not only at read
+    return resolved.is_relative_to(root) and resolved != root
 
 
-async def read_load(source: HttpSource | PrometheusSource | FileSource, session: aiohttp.ClientSession,
-                    load_dir: Path) -> float:
-    """The load (requests/s) ``source`` reports now; raises :class:`LoadSourceError`."""
+async def read_load(source: HttpSource | PrometheusSource | FileSource, client: Client, load_dir: Path,
+                    admin: bool) -> float:
+    """The load (requests/s) ``source`` reports now, fetched under ``admin``'s or a user's policy.
+
+    Raises :class:`LoadSourceError`.
+    """
     if isinstance(source, FileSource):
-        return _as_load(await asyncio.to_thread(_last_line, source.path, load_dir), "last line")
+        try:
+            line = await SOURCES.run(_last_line, source.path, load_dir, timeout_s=source.timeout_s)
+        except PoolTimeoutError:
+            raise LoadSourceError(f"{source.path} could not be read within {source.timeout_s:g} s") from None
+        return _as_load(line, "last line")
     if isinstance(source, PrometheusSource):
-        body = await _get_json(session, source.url, {"query": source.query}, source.timeout_s)
+        body = await _get_json(client, source.url, {"query": source.query}, source.timeout_s, admin)
         try:
             raw = body["data"]["result"][0]["value"][1]
         except (KeyError, IndexError, TypeError):
             raise LoadSourceError("no data.result[0].value[1] in the Prometheus answer") from None
         return _as_load(raw, "data.result[0].value[1]")
-    body = await _get_json(session, source.url, None, source.timeout_s)
+    body = await _get_json(client, source.url, None, source.timeout_s, admin)
     return _as_load(_at_path(body, source.field), source.field)
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str, params: dict[str, str] | None,
-                    timeout_s: float) -> Any:
+async def _get_json(client: Client, url: str, params: dict[str, str] | None, timeout_s: float,
+                    admin: bool) -> Any:
     try:
-        async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            if resp.status != 200:
-                raise LoadSourceError(f"{url} answered HTTP {resp.status}")
-            return await resp.json(content_type=None)
-    except asyncio.TimeoutError:
-        raise LoadSourceError(f"{url} did not answer within {timeout_s:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise LoadSourceError(f"{url}: {type(exc).__name__}: {exc}") from None
+        answer = await client.request("GET", url, admin=admin, timeout_s=timeout_s, params=params)
+    except OutboundError as exc:
+        raise LoadSourceError(str(exc)) from None
+    if answer.status != 200:
+        raise LoadSourceError(f"{url} answered HTTP {answer.status}")
+    try:
+        return json.loads(answer.body)
     except ValueError:
         raise LoadSourceError(f"{url} did not answer JSON") from None
 
@@ -112,19 +153,43 @@ def _at_path(body: Any, field: str) -> Any:
 
 
 def _last_line(path: str, load_dir: Path) -> str:
-    resolved = load_file_path(path, load_dir)  # again at each read: a symlink may have moved
-    if resolved is None:
+    """The last line of a regular file below ``load_dir``; runs on the ``SOURCES`` pool."""
+    parts = load_file_parts(path, load_dir)
+    if parts is None:
         raise LoadSourceError(f"{path} is outside the load directory {load_dir}")
     try:
-        with open(resolved, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - TAIL_BYTES))
-            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        fd = _open_below(load_dir, parts)
+    except OSError as exc:
+        raise LoadSourceError(f"{path}: {NOT_OPENED.get(exc.errno, exc.strerror or str(exc))}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: never read (a FIFO would block)
+            raise LoadSourceError(f"{path} is not a regular file")
+        tail = os.pread(fd, TAIL_BYTES, max(0, st.st_size - TAIL_BYTES))
     except OSError as exc:
         raise LoadSourceError(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     if not lines:
         raise LoadSourceError(f"{path} holds no value yet")
     return lines[-1].decode(errors="replace")
+
+
+def _open_below(load_dir: Path, parts: tuple[str, ...]) -> int:
+    """A descriptor of ``load_dir/parts...``, opened one name at a time without following a symlink.
+
+    Non-blocking, so opening a FIFO returns at once (and fstat then refuses it).
+    """
+    fd = os.open(load_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            below = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        return os.open(parts[-1], FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _as_load(raw: Any, what: str) -> float:

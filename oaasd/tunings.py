@@ -191,14 +191,18 @@ class Tunings:
             except ConflictError as exc:  # mid-launch: the next step cancels it, or it ends by itself
                 log.warning("tuning %d: %s", tuning_id, exc)
 
-    async def suggest(self, tuning_id: int, trials: list[Trial]) -> list[Suggestion]:
-        """The tuner's next configurations, computed off the event loop (a GP fit takes 10-100 ms).
+    async def suggest(self, tuning_id: int, trials: list[Trial], n: int | None = None) -> list[Suggestion]:
+        """At most ``n`` next configurations (default: all there is room for), computed off the event loop.
 
-        Callers hold the tuning's lock, so one tuner never suggests twice at once.
+        A GP fit takes 10-100 ms. Callers hold the tuning's lock, so one tuner
+        never suggests twice at once. Each computation is logged with its count.
         """
         tuner = self.tuners[tuning_id]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, tuner.suggest, trials, self.prior.get(tuning_id, ()))
+        out = await loop.run_in_executor(None, tuner.suggest, trials, self.prior.get(tuning_id, ()), n)
+        if out:
+            log.info("tuning %d: computed %d configuration(s)", tuning_id, len(out))
+        return out
 
     def is_external(self, tuning_id: int) -> bool:
         """True for a live tuning driven by external workers (it has no trial template)."""

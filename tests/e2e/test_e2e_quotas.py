@@ -10,6 +10,7 @@ overshoots and never fails for it.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -70,6 +71,8 @@ def test_a_tuning_waits_for_its_owners_max_pending_and_finishes(daemon_factory):
     held = d.request("GET", f"/v1/tunings/{tid}", headers=ALICE)[1]
     assert len(held["trials"]) == 3 and pending(d) == 3, held["trials"]  # base: 8 under max_pending = 3
     assert held["quota_wait"]["field"] == "max_pending" and held["state"] == "RUNNING", held
+    computed = [int(k) for k in re.findall(rf"tuning {tid}: computed (\d+) configuration", d.log())]
+    assert computed == [3], computed  # only the admitted trials were computed
     status, refused = d.request("POST", "/v1/tasks", {"command": ["true"]}, headers=ALICE)
     assert status == 429 and refused["detail"][0]["field"] == "max_pending", refused  # the trials count too
     assert d.request("PATCH", "/v1/nodes/n1", {"state": "RESUME"}, headers=ROOT)[0] == 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 
 import aiohttp
@@ -171,3 +172,24 @@ async def test_async_keeps_worker_num_open_and_computes_one_per_suggest(daemon_f
         view = await api.view(tid)
         assert (view["state"], view["reason"], view["trial_counts"]) == \
             ("COMPLETED", "NumberOfTrials", {"COMPLETED": 9}), view
+
+
+def test_daemon_run_tunings_compute_exactly_the_trials_they_launch(daemon_factory):
+    d = daemon_factory('[[nodes]]\nname = "n1"\ncpus = 2\nmemory_mb = 2000\n')
+    trial = [sys.executable, "-c", "import json, os; c = json.loads(os.environ['OAAS_TRIAL_CONFIG']); "
+             "print('OAAS_RESULT ' + json.dumps({'loss': c['x'] + c['k']}))"]
+    ids = {}
+    for strategy in ("sync", "async"):
+        body = description(strategy, number_of_trials=7,
+                           trial={"command": trial, "cpus": 0.5, "memory_mb": 50})
+        status, view = d.request("POST", "/v1/tunings", body)
+        assert status == 201, view
+        ids[strategy] = view["id"]
+    for strategy, tid in ids.items():
+        deadline = time.time() + 40
+        while (view := d.request("GET", f"/v1/tunings/{tid}")[1])["state"] == "RUNNING":
+            assert time.time() < deadline, view
+            time.sleep(0.1)
+        assert (view["state"], view["trial_counts"]) == ("COMPLETED", {"COMPLETED": 7}), view
+        assert sum(computed(d, tid)) == 7, (strategy, computed(d, tid))  # nothing computed and dropped
+    assert computed(d, ids["sync"]) == [3, 3, 1]  # rounds of worker_num, the last one the budget's rest

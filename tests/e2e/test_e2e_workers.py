@@ -129,7 +129,7 @@ async def test_a_sync_round_ends_when_its_unobserved_trial_times_out(daemon_fact
     d = daemon_factory()
     async with aiohttp.ClientSession() as session:
         api = Api(session, d.port)
-        tid, workers = await api.tuning(description("sync", trial_timeout_s=1.5))
+        tid, workers = await api.tuning(description("sync", trial_timeout_s=3.0))
         got = await asyncio.gather(*(api.suggest(tid, w) for w in workers))
         assert len({s["trial_id"] for s in got}) == WORKERS, got
         for s in got[:2]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -111,35 +110,23 @@ async def submit_task(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def admit(request: web.Request, spec: TaskSpec):
-    """Charge a submission to its caller: owner, rate and pending limits (403/429).
+    """Charge a submission to its owner through the one admission seam (403 for another's, 429 over a limit).
 
-    Yields the spec to submit (owned by the caller). Submissions still in
-    flight count against ``max_pending``, so concurrent ones cannot overshoot.
+    Yields the spec to submit (owned by the caller unless an admin named
+    another user). Submissions still in flight count against ``max_pending``,
+    so concurrent ones cannot overshoot.
     """
     d = request.app[DAEMON]
     who = auth.caller(request)
-    if not d.users.on:
-        yield spec
-        return
-    if "user" in spec.model_fields_set and spec.user != who.name and not who.admin:
+    if d.users.on and "user" in spec.model_fields_set and spec.user != who.name and not who.admin:
         raise ForbiddenError(f"user {who.name!r} may not submit as {spec.user!r}",
                              [{"field": "user", "problem": "only admins submit for other users"}])
-    if "user" not in spec.model_fields_set:
+    if d.users.on and "user" not in spec.model_fields_set:
         spec = spec.model_copy(update={"user": who.name})
-    d.users.admit_submission(who, time.monotonic())
-    cap = d.users.limits(who).max_pending
-    if not cap:
+    async with d.users.admission(spec.user, 1, d.store.count_pending) as grant:
+        if grant.refusal is not None:
+            raise grant.refusal
         yield spec
-        return
-    inflight = d.users.inflight
-    inflight[spec.user] += 1
-    try:
-        if await d.store.count_pending(spec.user) + inflight[spec.user] > cap:
-            raise RateLimitedError(f"user {spec.user!r} already has {cap} pending tasks", 5.0,
-                                   [{"field": "max_pending", "problem": f"at most {cap} pending tasks"}])
-        yield spec
-    finally:
-        inflight[spec.user] -= 1
 
 
 async def task_row(request: web.Request) -> dict[str, Any]:

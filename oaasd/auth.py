@@ -8,10 +8,13 @@ With auth turned off (loopback only), every caller is the anonymous admin.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,20 +141,61 @@ class Users:
         """The intake limits of a caller."""
         return self._limits.get(who.name, self._default)
 
-    def admit_submission(self, who: Caller, now: float) -> None:
-        """Charge one submission to the caller's rate; 429 when over it."""
-        lim = self.limits(who)
-        if lim.submit_rate <= 0:
+    @contextlib.asynccontextmanager
+    async def admission(self, owner: str, want: int,
+                        pending: Callable[[str], Awaitable[int]]) -> AsyncIterator[Grant]:
+        """The one admission seam: how many of ``want`` new tasks ``owner`` may create now.
+
+        Every path that creates tasks (``POST /v1/tasks``, tuning trials,
+        pipeline replicas) comes through here: ``max_pending`` against the
+        owner's PENDING tasks (``pending(owner)``) plus those admitted and not
+        yet committed, then one ``submit_rate`` token per task. Yields a
+        ``Grant``; its tasks count as in flight until the block ends, so that
+        block commits them. With auth off there are no limits.
+        """
+        if not self.on or want <= 0:
+            yield Grant(max(want, 0), None)
             return
+        lim = self._limits.get(owner, self._default)
+        self.inflight[owner] += want  # reserved first: a concurrent admission sees these before our count
+        granted, refusal = want, None
+        try:
+            if lim.max_pending:
+                room = lim.max_pending - (await pending(owner)) - (self.inflight[owner] - want)
+                if room < want:
+                    granted, refusal = max(room, 0), _pending_refusal(owner, lim.max_pending)
+            taken = self._take(owner, lim, granted, time.monotonic())
+            if taken < granted:
+                granted, refusal = taken, refusal or self._rate_refusal(owner, lim, time.monotonic())
+            self.inflight[owner] -= want - granted
+            want = granted
+            yield Grant(granted, refusal)
+        finally:
+            self.inflight[owner] -= want
+
+    def _bucket(self, owner: str, lim: Limits, now: float) -> Bucket:
         burst = lim.submit_burst or max(1.0, 2 * lim.submit_rate)
-        bucket = self._buckets.get(who.name)
+        bucket = self._buckets.get(owner)
         if bucket is None or (bucket.rate, bucket.burst) != (lim.submit_rate, burst):
-            bucket = self._buckets[who.name] = Bucket(lim.submit_rate, burst, burst, now)
-        wait = bucket.take(now)
-        if wait:
-            raise RateLimitedError(
-                f"user {who.name!r} is over {lim.submit_rate:g} submissions/s", wait,
-                [{"field": "rate", "problem": f"at most {lim.submit_rate:g}/s (burst {burst:g})"}])
+            bucket = self._buckets[owner] = Bucket(lim.submit_rate, burst, burst, now)
+        return bucket
+
+    def _take(self, owner: str, lim: Limits, n: int, now: float) -> int:
+        """Take up to ``n`` submission tokens of the owner's rate; return how many were granted."""
+        if lim.submit_rate <= 0:
+            return n
+        bucket = self._bucket(owner, lim, now)
+        taken = 0
+        while taken < n and not bucket.take(now):
+            taken += 1
+        return taken
+
+    def _rate_refusal(self, owner: str, lim: Limits, now: float) -> RateLimitedError:
+        bucket = self._bucket(owner, lim, now)
+        wait = max((1 - bucket.level) / bucket.rate, 0.01)
+        return RateLimitedError(
+            f"user {owner!r} is over {lim.submit_rate:g} submissions/s", wait,
+            [{"field": "rate", "problem": f"at most {lim.submit_rate:g}/s (burst {bucket.burst:g})"}])
 
     def replace(self, settings: Settings) -> "Users":
         """The users of new settings, keeping the rate buckets of those still there."""
@@ -159,6 +203,27 @@ class Users:
         fresh._buckets = {k: v for k, v in self._buckets.items() if k in fresh._limits or not fresh.on}
         fresh.inflight = self.inflight
         return fresh
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an admission allowed: ``count`` new tasks; ``refusal`` names the limit that held back the rest."""
+
+    count: int
+    refusal: RateLimitedError | None
+
+    @property
+    def retry_after_s(self) -> float:
+        """When a caller that waits (a tuning, a pipeline) should ask again."""
+        return 0.0 if self.refusal is None else min(self.refusal.retry_after_s, PENDING_RETRY_S)
+
+
+PENDING_RETRY_S = 1.0  # a waiting tuning or pipeline looks again this often while at max_pending
+
+
+def _pending_refusal(owner: str, cap: int) -> RateLimitedError:
+    return RateLimitedError(f"user {owner!r} already has {cap} pending tasks", 5.0,
+                            [{"field": "max_pending", "problem": f"at most {cap} pending tasks"}])
 
 
 def _pick(own: Any, default: Any) -> Any:

@@ -125,9 +125,22 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed oaasd's version (``unknown`` when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("oaasd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: each sub-command sets ``func``."""
+    from . import client_cli  # submit, status, logs, cancel, wait, nodes, drain, resume
     parser = argparse.ArgumentParser(prog="oaasd", description="Optimization as a Service daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    client_cli.add_connection_options(parser)  # also accepted after the sub-command
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_serve = sub.add_parser("serve", help="run the daemon in the foreground")
     p_serve.add_argument("--config", help="path to oaasd.toml (default: embedded defaults)")
@@ -138,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     p_token.add_argument("action", choices=("new", "hash"))
     p_token.add_argument("token", nargs="?", help="the token to hash (default: read one line from stdin)")
     p_token.set_defaults(func=cmd_token)
-    from . import client_cli  # submit, status, logs, cancel, wait, nodes, drain, resume
     client_cli.add_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)

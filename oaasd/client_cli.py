@@ -10,6 +10,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -34,11 +35,22 @@ ELLIPSIS = "…"
 MIN_SHRUNK = 4  # a shrunk column keeps at least this many characters
 
 
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--token`` on ``parser``: given before or after the sub-command, the last one wins.
+
+    They default to "absent" (SUPPRESS), so a sub-command's parser never
+    overwrites what the main parser already read; ``connect`` fills the gaps.
+    """
+    parser.add_argument("--url", default=argparse.SUPPRESS,
+                        help="server URL (else $OAAS_URL, the config file, http://127.0.0.1:8750)")
+    parser.add_argument("--token", default=argparse.SUPPRESS,
+                        help="bearer token (else $OAAS_TOKEN, then the config file)")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the client sub-commands on the console script's sub-parsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="server URL (else $OAAS_URL, the config file, http://127.0.0.1:8750)")
-    common.add_argument("--token", help="bearer token (else $OAAS_TOKEN, then the config file)")
+    add_connection_options(common)
     _add_submit(sub, common)
     p = sub.add_parser("status", parents=[common], help="list tasks, or show one task")
     p.add_argument("id", nargs="?", type=int)
@@ -94,8 +106,8 @@ def _guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     def run(args: argparse.Namespace) -> int:
         try:
             return cmd(args)
-        except ClientError as exc:
-            print(f"oaasd: {exc}", file=sys.stderr)
+        except ClientError as exc:  # its text may quote what the server or a user wrote
+            print(f"oaasd: {printable(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
             return 130
@@ -107,7 +119,7 @@ def _guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 
 def connect(args: argparse.Namespace) -> Client:
     """The client for the server named by the arguments, environment or config file."""
-    return Client(*resolve(args.url, args.token))
+    return Client(*resolve(getattr(args, "url", None), getattr(args, "token", None)))
 
 
 # ---- submit ---------------------------------------------------------
@@ -199,7 +211,7 @@ def task_lines(view: dict[str, Any], now: float) -> list[str]:
     progress = progress_of(view.get("metrics", []))
     pairs += [("progress", progress and f"{progress[0]:.0%} {progress[1]}".rstrip()),
               ("result", view.get("result") and json.dumps(view["result"]))]
-    return [f"{k:<10}  {v}" for k, v in pairs if v not in (None, "")]
+    return [f"{k:<10}  {printable(str(v))}" for k, v in pairs if v not in (None, "")]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -214,7 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``oaasd cancel``: cancel a task and print its state."""
     state = connect(args).cancel(args.id)["state"]
-    print(f"task {args.id}: {state}" + ("" if state in FINAL else " (cancel requested)"))
+    print(f"task {args.id}: {printable(state)}" + ("" if state in FINAL else " (cancel requested)"))
     return 0
 
 
@@ -237,7 +249,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         time.sleep(delay if left is None else min(delay, left))
         delay = min(delay * 1.5, 1.0)  # short at first, then once a second
     line.end()
-    print(f"task {view['id']} {view['state']} ({view.get('reason') or '-'})")
+    print(printable(f"task {view['id']} {view['state']} ({view.get('reason') or '-'})"))
     return EXIT_BY_STATE.get(view["state"], EXIT_OTHER)
 
 
@@ -259,10 +271,10 @@ def _number(value: Any) -> bool:
 
 def progress_text(view: dict[str, Any], width: int) -> str:
     """``task 3 RUNNING [#####.....] 50% step 5/10``, the bar sized to ``width``."""
-    head = f"task {view['id']} {view['state']}"
+    head = f"task {view['id']} {printable(str(view['state']))}"
     progress = progress_of(view.get("metrics", []))
     if progress is None:
-        return f"{head} ({view.get('reason') or '-'})"
+        return f"{head} ({printable(str(view.get('reason') or '-'))})"
     fraction, label = progress
     tail = f" {fraction:4.0%} {label}".rstrip()
     bar = max(min(40, width - len(head) - len(tail) - 4), 5)
@@ -316,14 +328,14 @@ def _free_total(view: dict[str, Any], key: str) -> str:
 def cmd_drain(args: argparse.Namespace) -> int:
     """``oaasd drain``: stop placing work on a node; what runs there finishes."""
     view = connect(args).set_node(args.node, "DRAIN", args.reason)
-    print(f"node {view['name']}: {view['state']} ({view.get('reason') or args.reason})")
+    print(printable(f"node {view['name']}: {view['state']} ({view.get('reason') or args.reason})"))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """``oaasd resume``: clear a node's DRAIN or DOWN."""
     view = connect(args).set_node(args.node, "RESUME")
-    print(f"node {view['name']}: {view['state']}")
+    print(printable(f"node {view['name']}: {view['state']}"))
     return 0
 
 
@@ -335,7 +347,7 @@ def terminal_width() -> int:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int, shrink: Sequence[int] = ()) -> list[str]:
     """Aligned lines of a table no wider than ``width``, truncating the ``shrink`` columns in that order."""
-    cells = [[str(c) for c in row] for row in (headers, *rows)]
+    cells = [[printable(str(c)) for c in row] for row in (headers, *rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     excess = sum(widths) + 2 * (len(widths) - 1) - width
     for i in shrink:
@@ -343,6 +355,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int, shr
         widths[i] -= cut
         excess -= cut
     return ["  ".join(_fit(c, w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC, CR, LF, BS...), DEL,
+# the line/paragraph separators and the bidirectional overrides (text that reads backwards).
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character escaped (``\\x1b``, ``\\n``): it cannot move the cursor or fake a line."""
+    return UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    named = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}.get(code)
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def _fit(text: str, width: int) -> str:

@@ -10,9 +10,14 @@ open (RUNNING) after the restart.
 Rules:
 - a worker holds at most one open trial: asking again returns the same one
   (a restarted worker picks up where it was);
-- at most ``worker_num`` trials are open at once (``sync`` waits for the
-  whole batch, a baseline runs alone): a worker that finds no free slot is
-  answered ``{"done": false, "trial_id": null, "retry_after_s": ...}``;
+- ``async``: at most ``worker_num`` trials are open at once, and each
+  suggest computes the one configuration it hands out;
+- ``sync``: trials go in rounds of ``worker_num`` (a baseline runs alone
+  first); a round's batch is computed once, at its first suggest, and handed
+  out as workers ask; the next round starts when every trial of the round
+  was observed, failed or timed out;
+- a worker that finds no free slot is answered
+  ``{"done": false, "trial_id": null, "retry_after_s": ..., "reason": "TrialsRunning"}``;
 - once the budget is spent or the tuning has ended, ``suggest`` answers
   ``{"done": true, "reason": ...}`` with 200: the end of a worker's loop is
   no error;
@@ -34,7 +39,7 @@ from .states import Reason, State
 from .tunings import ACTIVE, CANCEL_ACTIVE, to_trial, trial_view
 
 if TYPE_CHECKING:
-    from .tuning import Tuner
+    from .tuning import Suggestion, Trial, Tuner
     from .tunings import Tunings
 
 RETRY_AFTER_S = 0.5
@@ -54,6 +59,7 @@ class Workers:
         self.t = tunings
         self.db = tunings.db
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
+        self._batches: dict[int, list[Suggestion]] = {}  # sync: the current round's configurations not handed out
 
     # ---- routes -------------------------------------------------------
     async def register(self, tuning_id: int, name: str | None) -> dict[str, Any]:
@@ -153,23 +159,40 @@ class Workers:
 
     async def _new_trial(self, tuning_id: int, worker_id: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         tuner = self.t.tuners[tuning_id]
-        suggestions = await self.t.suggest(tuning_id, [to_trial(r) for r in rows])
-        if not suggestions:
+        s = await self._next_suggestion(tuning_id, [to_trial(r) for r in rows])
+        if s is None:
             if any(r["state"] in ACTIVE for r in rows):
                 return {"done": False, "trial_id": None, "retry_after_s": RETRY_AFTER_S, "reason": "TrialsRunning"}
             await self.t.end(tuning_id, "SpaceExhausted")
             return {"done": True, "reason": "SpaceExhausted", "trial_id": None}
-        s = suggestions[0]
         new = await self.db.add_worker_trial(tuning_id, worker_id, s.config, s.baseline,
                                              tuner.description.trial_timeout_s)
         self._arm(tuning_id, await self.db.trials(tuning_id))
         return {"done": False, "trial_id": new["trial_id"], "worker_id": worker_id, "config": s.config,
                 "baseline": s.baseline, "deadline_at": new["deadline_at"]}
 
+    async def _next_suggestion(self, tuning_id: int, trials: list[Trial]) -> Suggestion | None:
+        """The next configuration to hand out, or None when no trial may start now.
+
+        ``sync`` computes a round's batch once, at the round's first suggest,
+        and hands the rest out from memory as workers ask (a restart
+        recomputes only the part of the round not yet handed out); ``async``
+        computes one configuration per suggest.
+        """
+        room = self.t.tuners[tuning_id].room(trials)
+        batch = self._batches.get(tuning_id, [])
+        if room == 0:
+            return None
+        if not batch or len(batch) > room:  # no batch, or one of a round that has ended
+            sync = self.t.tuners[tuning_id].description.parallel_strategy == "sync"
+            batch = await self.t.suggest(tuning_id, trials, room if sync else 1)
+        self._batches[tuning_id] = batch[1:]
+        return batch[0] if batch else None
+
     # ---- deadlines ------------------------------------------------------
     def _arm(self, tuning_id: int, rows: list[dict[str, Any]]) -> None:
         """One timer per tuning, just past the earliest deadline of its open trials."""
-        self.forget(tuning_id)
+        self._disarm(tuning_id)
         deadlines = [r["deadline_at"] for r in rows if r["state"] in ACTIVE and r.get("deadline_at") is not None]
         if deadlines:
             delay = max(0.0, min(deadlines) - time.time()) + 0.05
@@ -177,7 +200,11 @@ class Workers:
                 delay, lambda: self.t.bg.spawn(self.step(tuning_id), f"tuning-{tuning_id}-deadline"))
 
     def forget(self, tuning_id: int) -> None:
-        """Drop a tuning's deadline timer."""
+        """Drop a tuning's deadline timer and its round's batch (it ended)."""
+        self._batches.pop(tuning_id, None)
+        self._disarm(tuning_id)
+
+    def _disarm(self, tuning_id: int) -> None:
         timer = self._deadlines.pop(tuning_id, None)
         if timer is not None:
             timer.cancel()
@@ -185,7 +212,7 @@ class Workers:
     def stop(self) -> None:
         """Daemon shutdown: drop every deadline timer (a restart re-arms them)."""
         for tuning_id in list(self._deadlines):
-            self.forget(tuning_id)
+            self._disarm(tuning_id)
 
     # ---- checks ---------------------------------------------------------
     async def _external(self, tuning_id: int) -> dict[str, Any]:

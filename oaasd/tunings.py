@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from .auth import Grant
 from .background import Background
 from .errors import ConflictError, UnsatisfiableError, ValidationFailedError, pydantic_detail
 from .models import TaskSpec
@@ -95,6 +96,8 @@ class Tunings:
         self.pruning: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._retries: dict[int, asyncio.TimerHandle] = {}  # held back by the owner's limits: step again
+        self.quota_wait: dict[int, dict[str, Any]] = {}  # tuning -> the limit holding it back
         self.bg = Background(daemon.fatal)
 
     # ---- intake -----------------------------------------------------
@@ -135,12 +138,14 @@ class Tunings:
         return tuner
 
     def _forget(self, tuning_id: int) -> None:
-        for mapping in (self.tuners, self.templates, self.prior, self.created_at, self.series, self._locks):
+        for mapping in (self.tuners, self.templates, self.prior, self.created_at, self.series, self._locks,
+                        self.quota_wait):
             mapping.pop(tuning_id, None)
         self.workers.forget(tuning_id)
-        timer = self._timers.pop(tuning_id, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._timers, self._retries):
+            timer = timers.pop(tuning_id, None)
+            if timer is not None:
+                timer.cancel()
         for task_id in [t for t, tid in self.trial_of.items() if tid == tuning_id]:
             del self.trial_of[task_id]
             self.pruning.discard(task_id)
@@ -178,10 +183,7 @@ class Tunings:
             active = [r["task_id"] for r in rows if r["state"] in ACTIVE]
             reason = self.stop_reason(tuning_id, rows, trials)
             if reason is None:
-                suggestions = await self.suggest(tuning_id, trials)
-                reason = await self._submit_all(tuning_id, suggestions, len(rows))
-                if reason is None and not suggestions and not active:
-                    reason = "SpaceExhausted"  # the sampler has nothing left to try
+                reason = await self._launch(tuning_id, trials)
             if reason in CANCEL_ACTIVE and active:
                 cancel = active
             elif reason is not None and not active:
@@ -192,13 +194,17 @@ class Tunings:
             except ConflictError as exc:  # mid-launch: the next step cancels it, or it ends by itself
                 log.warning("tuning %d: %s", tuning_id, exc)
 
-    async def suggest(self, tuning_id: int, trials: list[Trial]) -> list[Suggestion]:
-        """The tuner's next configurations, computed off the event loop (a GP fit takes 10-100 ms).
+    async def suggest(self, tuning_id: int, trials: list[Trial], n: int | None = None) -> list[Suggestion]:
+        """At most ``n`` next configurations (default: all there is room for), computed off the event loop.
 
-        Callers hold the tuning's lock, so one tuner never suggests twice at once.
+        A GP fit takes 10-100 ms. Callers hold the tuning's lock, so one tuner
+        never suggests twice at once. Each computation is logged with its count.
         """
         tuner = self.tuners[tuning_id]
-        return await SUGGEST.run(tuner.suggest, trials, self.prior.get(tuning_id, ()))  # a pool of their own
+        out = await SUGGEST.run(tuner.suggest, trials, self.prior.get(tuning_id, ()), n)  # a pool of their own
+        if out:
+            log.info("tuning %d: computed %d configuration(s)", tuning_id, len(out))
+        return out
 
     def is_external(self, tuning_id: int) -> bool:
         """True for a live tuning driven by external workers (it has no trial template)."""
@@ -217,6 +223,35 @@ class Tunings:
         if len(ended) >= max(1, enough) and all(r["state"] in FAILED_STATES for r in ended):
             return "AllTrialsFailed"
         return reason
+
+    async def _launch(self, tuning_id: int, trials: list[Trial]) -> str | None:
+        """Submit as many suggested trials as there is room for and the owner's limits admit; a stop reason or None.
+
+        Only what is admitted is computed. Held back by ``max_pending`` or the
+        submit rate, the tuning waits and steps again later (``quota_wait`` in
+        its view says why).
+        """
+        room = self.tuners[tuning_id].room(trials)
+        owner = self.templates[tuning_id].user
+        async with self.d.users.admission(owner, room, self.d.store.count_pending) as grant:
+            suggestions = await self.suggest(tuning_id, trials, grant.count) if grant.count else []
+            reason = await self._submit_all(tuning_id, suggestions, len(trials))
+        self._wait_for_quota(tuning_id, grant if grant.count < room else None)
+        if reason is None and grant.count and not suggestions and not any(t.state in ACTIVE for t in trials):
+            return "SpaceExhausted"  # the sampler has nothing left to try
+        return reason
+
+    def _wait_for_quota(self, tuning_id: int, held: Grant | None) -> None:
+        """Record why a tuning is held back by its owner's limits and arm one retry (None: it is not)."""
+        if held is None:
+            self.quota_wait.pop(tuning_id, None)
+            return
+        self.quota_wait[tuning_id] = {**held.refusal.detail[0], "message": held.refusal.message}
+        if tuning_id not in self._retries:
+            def retry() -> None:
+                self._retries.pop(tuning_id, None)
+                self.bg.spawn(self.step(tuning_id), f"tuning-{tuning_id}-quota")
+            self._retries[tuning_id] = asyncio.get_running_loop().call_later(held.retry_after_s, retry)
 
     async def _submit_all(self, tuning_id: int, suggestions: list[Suggestion], count: int) -> str | None:
         template = self.templates[tuning_id]
@@ -300,6 +335,8 @@ class Tunings:
         out["driven_by"] = "daemon" if d.trial is not None else "workers"
         if d.trial is None:
             out["workers"] = await self.db.count_workers(tuning_id)
+        else:
+            out["quota_wait"] = self.quota_wait.get(tuning_id)
         out["prior_observations"] = len(tuner.observations(await self._prior(tuning_id, row), baseline_from=trials)) \
             if d.use_history else 0
         out["thresholds"] = tuner.thresholds(trials)
@@ -330,7 +367,7 @@ class Tunings:
 
     def stop(self) -> None:
         """Daemon shutdown: drop timers and pending steps (a restart resumes them)."""
-        for timer in self._timers.values():
+        for timer in (*self._timers.values(), *self._retries.values()):
             timer.cancel()
         self.workers.stop()
         for task in list(self.bg.tasks):

@@ -234,6 +234,8 @@ class TuningView(TuningSummary):
     number_of_trials: int
     driven_by: Literal["daemon", "workers"] = Field(description="daemon: trials are tasks; workers: external workers")
     workers: int | None = Field(None, description="workers registered (tunings driven by workers only)")
+    quota_wait: dict[str, Any] | None = Field(
+        None, description="daemon-run tunings: the owner's limit holding trials back ({field, problem, message})")
     prior_observations: int = Field(description="earlier trials of the same space used as history (use_history)")
     thresholds: list[float] | None = Field(description="each constraint's absolute bound, null until the baseline ran")
     best: BestTrial | None

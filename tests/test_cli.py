@@ -301,3 +301,33 @@ def test_token_is_accepted_by_a_daemon_with_users(cli, daemon_factory):
     assert d.request("GET", f"/v1/tasks/{task}", headers={"Authorization": "Bearer alice-token"})[1]["user"] == "alice"
     line = one_error_line(cli("drain", "local", "--reason", "x", env={"OAAS_TOKEN": "alice-token"}, url=url_of(d)))
     assert line == "oaasd: 403 Forbidden: Authorization: admin role required"
+
+
+def test_global_options_work_before_and_after_the_sub_command(cli, daemon_factory):
+    alice = hashlib.sha256(b"alice-token").hexdigest()
+    d = daemon_factory(f'[[users]]\nname = "alice"\nrole = "user"\ntoken_sha256 = "{alice}"\n')
+    task = int(ok(cli("--url", url_of(d), "--token", "alice-token", "submit", "--", *REPORTS)))
+    assert d.request("GET", f"/v1/tasks/{task}", headers={"Authorization": "Bearer alice-token"})[1]["user"] == "alice"
+    lines = ok(cli("--url", url_of(d), "status", "--token", "alice-token")).splitlines()
+    assert lines[0].split()[0] == "ID" and lines[1].split()[0] == str(task)
+    dead = f"http://127.0.0.1:{free_port()}"
+    ok(cli("--url", dead, "--token", "wrong", "status", "--url", url_of(d), "--token", "alice-token"))  # last wins
+    assert one_error_line(cli("--token", "wrong", "status", url=url_of(d))).startswith("oaasd: 401 Unauthorized")
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == "oaasd 0.1.0", version
+
+
+def test_control_characters_in_tables_are_escaped(cli, d):
+    evil = "\x1b[2J\x1b[H\nFAKE  99  root  COMPLETED\r\x07\u202eok"
+    task = d.submit({"name": evil, "command": REPORTS})
+    d.wait(task)
+    escaped = "\\x1b[2J\\x1b[H\\nFAKE  99  root  COMPLETED\\r\\x07\\u202eok"
+    for out in (ok(cli("status", env={"COLUMNS": "200"}, url=url_of(d))),
+                ok(cli("status", str(task), url=url_of(d)))):
+        assert not any(c in out for c in "\x1b\r\x07\u202e"), repr(out)
+        assert escaped in out, out
+    lines = ok(cli("status", env={"COLUMNS": "200"}, url=url_of(d))).splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == str(task)  # the newline could not fake a row
+    ok(cli("drain", "local", "--reason", "maint\x1b]0;pwned\x07\nlocal  IDLE", url=url_of(d)))
+    nodes = ok(cli("nodes", env={"COLUMNS": "200"}, url=url_of(d)))
+    assert "\x1b" not in nodes and "maint\\x1b]0;pwned\\x07\\nlocal  IDLE" in nodes and len(nodes.splitlines()) == 2

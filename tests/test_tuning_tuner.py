@@ -54,15 +54,32 @@ def test_the_baseline_runs_first_and_alone_then_the_budget_is_spent():
     assert t.is_feasible(best.metrics, trials)
 
 
-def test_async_fills_free_workers_and_sync_waits_for_the_batch():
+def test_async_fills_free_workers_and_sync_works_in_rounds():
     base = Trial(0, {"method": "minmax", "bits": 16}, "COMPLETED", {"accuracy": 0.99, "latency_ms": 4.0}, True)
     running = Trial(1, {"method": "minmax", "bits": 8}, "RUNNING")
+    done = Trial(1, running.config, "COMPLETED", evaluate(running.config))
     a = Tuner.from_json({**QUANT, "parallel_strategy": "async"})
     assert len(a.suggest([base])) == 3
-    assert len(a.suggest([base, running])) == 2
+    assert len(a.suggest([base, running])) == 2 and a.room([base, running]) == 2
     s = Tuner.from_json({**QUANT, "parallel_strategy": "sync"})
-    assert s.suggest([base, running]) == []
-    assert len(s.suggest([base, running.__class__(1, running.config, "COMPLETED", evaluate(running.config))])) == 3
+    assert s.room([base]) == 3
+    # a round of 3 handed out one by one: one is out, two more belong to it, whether or not the first ended
+    assert len(s.suggest([base, running])) == 2 and len(s.suggest([base, done])) == 2
+    full = [base, running, Trial(2, {"method": "minmax", "bits": 4}, "RUNNING"),
+            Trial(3, {"method": "smoothquant", "alpha": 0.5, "bits": 4}, "COMPLETED", evaluate({"bits": 4}))]
+    assert s.room(full) == 0 and s.suggest(full) == []  # the round is out: wait until all of it ended
+    ended = [full[0], done, *(Trial(t.trial_id, t.config, "TIMEOUT") for t in full[2:])]
+    assert s.room(ended) == 3  # observed or timed out: the next round
+
+
+def test_the_sampler_computes_only_what_is_asked_for():
+    t = Tuner.from_json({**QUANT, "parallel_strategy": "async", "sampler": "random"})
+    asked: list[int] = []
+    real = t.sampler.suggest
+    t.sampler.suggest = lambda history, pending, n: asked.append(n) or real(history, pending, n)
+    base = Trial(0, {"method": "minmax", "bits": 16}, "COMPLETED", {"accuracy": 0.99, "latency_ms": 4.0}, True)
+    assert len(t.suggest([base], n=1)) == 1 and len(t.suggest([base], n=5)) == 3 and len(t.suggest([base])) == 3
+    assert asked == [1, 3, 3]
 
 
 def test_budget_never_exceeded_and_time_budget_stops():

@@ -8,7 +8,9 @@
 - ``tasks``: oaasd keeps ``replicas`` long-lived tasks per stage running
   from a task template. Which tasks are a pipeline's is stored
   (``pipeline_tasks``) and read back at every interval, so a restart
-  re-learns them from the store.
+  re-learns them from the store. Replicas count against the owner's limits
+  like any task, and a stage whose replicas keep failing backs off
+  exponentially.
 
 Outcomes are data: ``{"status": "ok" | "failed", "message", "stages": [...]}``.
 """
@@ -21,6 +23,7 @@ import math
 import os
 import signal
 import string
+import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +40,9 @@ log = logging.getLogger("oaasd.pipelines")
 PLACEHOLDERS = ("stage", "variant", "batch", "replicas", "cores")
 OUTPUT_TAIL = 2000  # characters of a command's output kept in the record
 LIVE = ("PENDING", "RUNNING")
+BACKOFF_S = 1.0  # a stage's replica failed: wait this long before the next, doubled per failure in a row
+BACKOFF_MAX_S = 300.0
+BACKOFF_LOOKBACK = 64  # ended replicas read to count a streak (2**6 x 1 s is past the cap already)
 
 
 class StageConfig(NamedTuple):
@@ -239,19 +245,61 @@ class Replicas:
         return [r for r in rows if r["task_id"] not in self.cancelling]
 
     async def reconcile(self, wanted: list[StageConfig]) -> dict[str, Any] | None:
-        """Start missing replicas, then cancel replaced and surplus ones; None when nothing to do."""
+        """Start missing replicas, then cancel replaced and surplus ones; None when nothing to do.
+
+        Replicas are admitted like any task of the owner (``max_pending``,
+        submit rate): the ones held back wait for a later interval
+        (``quota_wait``). A stage whose replicas keep failing waits
+        ``backoff_s`` before its next one (``backoff``).
+        """
         start, cancel = replica_plan(wanted, await self.live())
         if not start and not cancel:
             return None
+        backoff = await self.backoff(time.time())
+        ready = [cfg for cfg in start if cfg.stage not in backoff]
         started, errors = [], []
-        for cfg in start:
-            try:
-                started.append(await self._start(cfg))
-            except OaasError as exc:
-                errors.append(f"{cfg.stage}: {exc.message}")
+        async with self.d.users.admission(self.owner, len(ready), self.d.store.count_pending) as grant:
+            for cfg in ready[:grant.count]:
+                try:
+                    started.append(await self._start(cfg))
+                except OaasError as exc:
+                    errors.append(f"{cfg.stage}: {exc.message}")
         cancelled = await self._cancel(cancel, "PipelineAdapted", errors)
-        return {"status": "failed" if errors else "ok", "message": "; ".join(errors) or None,
-                "started": started, "cancelled": cancelled}
+        out = {"status": "failed" if errors else "ok", "message": "; ".join(errors) or None,
+               "started": started, "cancelled": cancelled}
+        if grant.count < len(ready):
+            out["quota_wait"] = {**grant.refusal.detail[0], "message": grant.refusal.message,
+                                 "held_back": len(ready) - grant.count}
+        if backoff:
+            out["backoff"] = backoff
+        return out
+
+    async def backoff(self, now: float) -> dict[str, dict[str, Any]]:
+        """The stages whose latest replicas failed in a row and must still wait: failures, backoff_s, retry_at.
+
+        The wait doubles with each failure in a row (``BACKOFF_S`` ..
+        ``BACKOFF_MAX_S``) and counts from the last failure's end; a replica
+        that COMPLETED ends the streak, a cancelled one is neither.
+        """
+        rows = await self.d.store.fetch(
+            "SELECT p.stage, t.state, t.ended_at FROM pipeline_tasks p JOIN tasks t ON t.id = p.task_id "
+            "WHERE p.pipeline_id=? AND t.state NOT IN ('PENDING', 'RUNNING', 'CANCELLED') "
+            "ORDER BY p.task_id DESC LIMIT ?", (self.pipeline_id, BACKOFF_LOOKBACK))
+        streaks: dict[str, list[float]] = {}
+        over: set[str] = set()  # stages whose streak a COMPLETED replica ended
+        for r in rows:
+            if r["stage"] in over:
+                continue
+            if r["state"] == "COMPLETED":
+                over.add(r["stage"])
+            else:
+                streaks.setdefault(r["stage"], []).append(r["ended_at"] or now)
+        out = {}
+        for stage, ends in streaks.items():
+            wait = min(BACKOFF_S * 2 ** (len(ends) - 1), BACKOFF_MAX_S)
+            if now < ends[0] + wait:
+                out[stage] = {"failures": len(ends), "backoff_s": wait, "retry_at": ends[0] + wait}
+        return out
 
     async def _start(self, cfg: StageConfig) -> int:
         spec = replica_spec(self.spec.template, self.pipeline_id, self.name, self.owner, cfg)

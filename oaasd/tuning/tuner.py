@@ -73,31 +73,49 @@ class Tuner:
         b = self.description.baseline
         return dict(b.config) if b is not None and b.config is not None else self.space.default_config()
 
-    def suggest(self, trials: Sequence[Trial], prior: Sequence[Trial] = ()) -> list[Suggestion]:
-        """What to launch now, given every trial so far (and earlier tunings' trials as ``prior``).
+    def room(self, trials: Sequence[Trial]) -> int:
+        """How many new trials may start now (0: wait, or nothing left to start).
 
-        Respects the budget, ``worker_num`` and ``parallel_strategy`` (sync
-        waits for the whole batch). The baseline runs first and alone.
+        The baseline runs first and alone. ``async`` keeps ``worker_num``
+        trials open. ``sync`` works in rounds of ``worker_num`` trials (the
+        non-baseline trials in order of creation, chunked): a round is handed
+        out trial by trial, and the next one starts only once every trial of
+        the round has ended.
         """
         d = self.description
         if self.stop_reason(trials) is not None:
-            return []
-        active = [t for t in trials if t.state in ACTIVE_STATES]
-        if d.parallel_strategy == "sync" and active:
-            return []
-        n = min(d.worker_num - len(active), d.number_of_trials - len(trials))
-        if n <= 0:
-            return []
+            return 0
         if d.needs_baseline:
             base = [t for t in trials if t.baseline]
             if not base:
-                return [Suggestion(self.baseline_config(), baseline=True)]
+                return 1
             if base[0].state in ACTIVE_STATES:
-                return []
+                return 0
+        others = [t for t in trials if not t.baseline]
+        active = sum(t.state in ACTIVE_STATES for t in others)
+        if d.parallel_strategy == "sync":
+            started = len(others) % d.worker_num  # trials of the current round handed out so far
+            free = 0 if started == 0 and active else d.worker_num - started
+        else:
+            free = d.worker_num - active
+        return max(0, min(free, d.number_of_trials - len(trials)))
+
+    def suggest(self, trials: Sequence[Trial], prior: Sequence[Trial] = (), n: int | None = None) -> list[Suggestion]:
+        """At most ``n`` (default: all there is ``room`` for) configurations to launch now.
+
+        Given every trial so far (and earlier tunings' trials as ``prior``).
+        The sampler computes exactly as many as are returned.
+        """
+        room = self.room(trials)
+        n = room if n is None else min(n, room)
+        if n <= 0:
+            return []
+        if self.description.needs_baseline and not any(t.baseline for t in trials):
+            return [Suggestion(self.baseline_config(), baseline=True)]
         history = self.observations(trials)
-        if d.use_history:
+        if self.description.use_history:
             history = self.observations(prior, baseline_from=trials) + history
-        pending = [t.config for t in active if self._in_space(t)]
+        pending = [t.config for t in trials if t.state in ACTIVE_STATES and self._in_space(t)]
         return [Suggestion(c) for c in self.sampler.suggest(history, pending, n)]
 
     def _in_space(self, t: Trial) -> bool:

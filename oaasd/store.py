@@ -149,7 +149,7 @@ class Store:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def write_kept(self, op: Op) -> Any:
+    async def write_kept(self, op: Op, what: str) -> Any:
         """Like ``write``, but retried while the state disk is full: for what a live process
         needs recorded (its locator, its end), which must wait for space, never be lost."""
         delay = FULL_RETRY_S[0]
@@ -157,6 +157,9 @@ class Store:
             try:
                 return await self.write(op)
             except StorageFullError:
+                if delay == FULL_RETRY_S[0]:
+                    log.warning("%s waits for space on the state disk (retried every %.0f s at most)",
+                                what, FULL_RETRY_S[1])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, FULL_RETRY_S[1])
 
@@ -313,7 +316,7 @@ class Store:
         """Record where a running attempt can be found again after a restart."""
         async def op(db):
             await db.execute("UPDATE attempts SET locator=? WHERE id=?", (json.dumps(locator), attempt_id))
-        await self.write_kept(op)
+        await self.write_kept(op, f"the locator of attempt {attempt_id}")
 
     async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: State,
                              task_state: State, reason: str, message: str | None = None, *,
@@ -334,7 +337,7 @@ class Store:
             await self._transition(db, task_id, State.RUNNING, task_state, reason, message, **fields)
             if attempt_state == State.NODE_FAIL:
                 await db.execute("UPDATE tasks SET node_failures=node_failures+1 WHERE id=?", (task_id,))
-        await self.write_kept(op)  # the process has ended: its end waits for space, never lost
+        await self.write_kept(op, f"the end of task {task_id} ({task_state.value})")  # never lost
 
     async def add_metrics(self, rows: list[tuple[int, int, float, dict]]) -> None:
         """Append reported metrics: (task_id, attempt_id, at, data); dropped while the disk is full."""

@@ -106,9 +106,11 @@ class Daemon:
             request = self.cluster.request_for(TaskSpec.model_validate_json(row["spec"]))
             self.cluster.reserve(row["task_id"], request, placed)
             adopted = await self.runner.adopt(row, self.cluster.hosts_of(placed))
-            if adopted and row["cancel_reason"] is not None:
-                log.info("task %d: finishing the cancel requested before the restart", row["task_id"])
-                await self.runner.cancel(row["task_id"], row["cancel_reason"])
+            if adopted and row["cancel_reason"] is not None:  # its grace ran on while the daemon was down
+                left = max(0.0, self.settings.server.kill_grace_s - (time.time() - row["cancel_requested_at"]))
+                log.info("task %d: finishing the cancel requested before the restart (%.1f s of grace left)",
+                         row["task_id"], left)
+                await self.runner.cancel(row["task_id"], row["cancel_reason"], grace_s=left)
         for task_id, priority, submitted_at, spec, cancel_reason in await self.store.pending_queue():
             if cancel_reason is not None:
                 await self._cancel_pending(task_id, cancel_reason, json.loads(spec).get("callback_url"))

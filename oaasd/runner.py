@@ -240,12 +240,14 @@ class Runner:
         self.d.wake_scheduler()
 
     # ---- cancel and stop --------------------------------------------
-    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER, requeue: bool = False) -> bool:
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER, requeue: bool = False,
+                     grace_s: float | None = None) -> bool:
         """Kill a running task's attempt: it ends CANCELLED, or back in the queue
         when ``requeue`` (its node is being taken away). False if not running here.
 
         A cancel is persisted before the kill (``Store.request_cancel``): the end is
-        recorded CANCELLED even when the daemon dies in the grace period.
+        recorded CANCELLED even when the daemon dies in the grace period. ``grace_s``
+        (default ``server.kill_grace_s``) is what is left of it after a restart.
         """
         run = self.runs.get(task_id)
         if run is None:
@@ -263,15 +265,16 @@ class Runner:
                 run.cancel_reason = None  # not persisted: not acted on either (507 to the caller)
                 raise
         if not killing:
-            self.bg.spawn(self._kill_once_started(run), f"kill-{run.attempt_id}")
+            grace = self.d.settings.server.kill_grace_s if grace_s is None else grace_s
+            self.bg.spawn(self._kill_once_started(run, grace), f"kill-{run.attempt_id}")
         return True
 
-    async def _kill_once_started(self, run: Run) -> None:
+    async def _kill_once_started(self, run: Run, grace_s: float) -> None:
         """Kill an attempt, waiting first for its launch when the process is not started yet."""
         while run.handle is None and not run.done.is_set():
             await asyncio.sleep(TAIL_INTERVAL_S[0])  # only between the attempt's commit and its start
         if run.handle is not None and not run.done.is_set():
-            await run.handle.kill(self.d.settings.server.kill_grace_s)
+            await run.handle.kill(grace_s)
 
     async def node_lost(self, node: str, reason: str) -> list[int]:
         """A node went DOWN: end its attempts as node failures (requeued while retries last)."""

@@ -463,6 +463,6 @@ class Store:
         """Return every attempt still RUNNING, with its task's spec and persisted cancel request."""
         rows = await self.fetch(
             f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec, "
-            "t.cancel_reason AS cancel_reason "
+            "t.cancel_reason AS cancel_reason, t.cancel_requested_at AS cancel_requested_at "
             "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.state='RUNNING' ORDER BY a.id")
         return rows

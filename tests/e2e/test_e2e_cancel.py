@@ -128,3 +128,20 @@ def test_an_accepted_cancel_survives_kill9_in_the_grace_period_ssh(daemon_factor
     while node.leftovers() and time.time() < deadline:
         time.sleep(0.1)
     assert node.leftovers() == []
+
+
+def test_a_cancelled_task_whose_process_died_while_the_daemon_was_down_is_not_run_again(daemon_factory, tmp_path):
+    d = long_grace(daemon_factory(start=False)).start()
+    pidfile, ranout = tmp_path / "pid", tmp_path / "ranout"
+    tid = d.submit(deaf_task(str(pidfile), str(ranout)) | {"max_retries": 3})
+    pid = int(wait_file(pidfile))
+    status, body = d.request("DELETE", f"/v1/tasks/{tid}")
+    assert status == 202, body
+    d.stop(signal.SIGKILL)
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # it dies with no exit record: a lost attempt
+    pidfile.unlink()
+    d.start()
+    view = d.wait(tid, timeout=20)
+    assert (view["state"], view["reason"], view["attempt_count"]) == ("CANCELLED", "CancelledByUser", 1), view
+    time.sleep(1.0)
+    assert not pidfile.exists(), "the cancelled task was launched again"

@@ -255,12 +255,12 @@ class Store:
         pairs = {(t.user, t.idempotency_key) for t in new if t.idempotency_key}
         if not pairs:
             return {}
-        users, keys = {u for u, _ in pairs}, {k for _, k in pairs}
-        # Both IN lists probe the UNIQUE (user, idempotency_key) index; a cross pair is dropped below.
+        # One probe of the UNIQUE (user, idempotency_key) index per pair of the batch.
         cur = await db.execute(
-            f"SELECT user, idempotency_key, id FROM tasks WHERE user IN ({','.join('?' * len(users))}) "
-            f"AND idempotency_key IN ({','.join('?' * len(keys))})", [*users, *keys])
-        return {(u, k): i for u, k, i in await cur.fetchall() if (u, k) in pairs}
+            f"WITH wanted(user, key) AS (VALUES {','.join(['(?,?)'] * len(pairs))}) "
+            "SELECT t.user, t.idempotency_key, t.id FROM wanted w "
+            "JOIN tasks t ON t.user = w.user AND t.idempotency_key = w.key", [v for pair in pairs for v in pair])
+        return {(u, k): i for u, k, i in await cur.fetchall()}
 
     # ---- state changes ----------------------------------------------
     @staticmethod

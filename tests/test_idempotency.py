@@ -13,7 +13,7 @@ from oaasd.store import NewTask, Store
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 USERS = "".join(f'[[users]]\nname = "{n}"\nrole = "user"\ntoken_sha256 = "{token_hash(t)}"\n\n'
                 for n, t in TOKENS.items())
-OLD_VERSION = 6  # the schema before per-user keys
+OLD_VERSION = len(MIGRATIONS) - 1  # the schema just before per-user keys (migration 8, the last one)
 
 
 def as_(name: str) -> dict[str, str]:
@@ -59,7 +59,7 @@ def test_a_key_claimed_first_by_bob_still_creates_alices_job(daemon_factory):
 
 
 def _old_database(path) -> dict[str, str]:
-    """A database made by schema 6 with tasks, keys and events in it; returns its index/trigger SQL."""
+    """A database made by the schema before 8 with tasks, keys and events in it; returns its index/trigger SQL."""
     db = sqlite3.connect(path, isolation_level=None)
     for number, script in enumerate(MIGRATIONS[:OLD_VERSION], start=1):
         db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from . import auth
-from .errors import (ForbiddenError, InvalidRequestError, OaasError, RateLimitedError, TooLargeError,
+from .errors import (ConflictError, ForbiddenError, InvalidRequestError, OaasError, RateLimitedError, TooLargeError,
                      ValidationFailedError, pydantic_detail)
 from .models import TaskSpec
 from .states import State
@@ -160,8 +160,13 @@ async def get_task(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     task_id = (await task_row(request))["id"]
-    await d.cancel(task_id)
-    return json_response(await d.task_summary(task_id), status=202)
+    cancelled = await d.cancel(task_id)
+    summary = await d.task_summary(task_id)
+    if not cancelled:  # as scancel on a completed job: nothing was changed
+        raise ConflictError(f"task {task_id} already ended {summary['state']}",
+                            [{"field": "state", "problem": f"task is {summary['state']}; "
+                                                           "only PENDING or RUNNING tasks can be cancelled"}])
+    return json_response(summary, status=202)
 
 
 @routes.get("/v1/tasks/{id}/logs")

@@ -1,9 +1,18 @@
-"""Background coroutines that are never silent: a failure stops the daemon."""
+"""Background coroutines that are never silent: a failure stops the daemon.
+
+A full state disk is the one failure that does not: it is logged, and the daemon stays up
+(stopping frees no space, and a restart would meet the same full disk).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Callable, Coroutine
+
+from .errors import StorageFullError
+
+log = logging.getLogger("oaasd")
 
 
 class Background:
@@ -22,8 +31,12 @@ class Background:
 
     def _reap(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._fatal(f"{task.get_name()} died: {task.exception()!r}")
+        if task.cancelled() or task.exception() is None:
+            return
+        if isinstance(task.exception(), StorageFullError):  # not a bug, and a restart frees no space
+            log.error("%s stopped: %s", task.get_name(), task.exception().message)
+            return
+        self._fatal(f"{task.get_name()} died: {task.exception()!r}")
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait for them (daemon shutdown)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from .auth import Users
 from .callbacks import Callbacks
 from .cluster import Cluster
 from .config import Settings
-from .errors import ConflictError, UnsatisfiableError
+from .errors import ConflictError, StorageFullError, UnsatisfiableError
 from .events import EventHub
 from .health import HealthLoop
 from .launchers import build_launchers, launcher_kind, node_conn
@@ -30,6 +31,8 @@ from .pipelines import Pipelines
 from .tunings import Tunings
 
 log = logging.getLogger("oaasd")
+LAUNCH_HEADROOM_BYTES = 1 << 20  # below this much free space on the state disk nothing new is started
+FULL_RELAUNCH_S = 2.0  # a task placed while the state disk is full is queued again after this
 
 
 class Daemon:
@@ -96,13 +99,22 @@ class Daemon:
         self.stopped.set()
 
     async def recover(self) -> None:
-        """Re-adopt attempts still running, requeue lost ones, reload the queue."""
+        """Re-adopt attempts still running, requeue lost ones, reload the queue; finish the
+        cancels a crash interrupted (a re-adopted attempt is killed, a lost one ends CANCELLED)."""
         for row in await self.store.running_attempts():
             placed = self.cluster.placement_from_json(json.loads(row["placement"]))
             request = self.cluster.request_for(TaskSpec.model_validate_json(row["spec"]))
             self.cluster.reserve(row["task_id"], request, placed)
-            await self.runner.adopt(row, self.cluster.hosts_of(placed))
-        for task_id, priority, submitted_at, spec in await self.store.pending_queue():
+            adopted = await self.runner.adopt(row, self.cluster.hosts_of(placed))
+            if adopted and row["cancel_reason"] is not None:  # its grace ran on while the daemon was down
+                left = max(0.0, self.settings.server.kill_grace_s - (time.time() - row["cancel_requested_at"]))
+                log.info("task %d: finishing the cancel requested before the restart (%.1f s of grace left)",
+                         row["task_id"], left)
+                await self.runner.cancel(row["task_id"], row["cancel_reason"], grace_s=left)
+        for task_id, priority, submitted_at, spec, cancel_reason in await self.store.pending_queue():
+            if cancel_reason is not None:
+                await self._cancel_pending(task_id, cancel_reason, json.loads(spec).get("callback_url"))
+                continue
             request = self.cluster.request_for(TaskSpec.model_validate_json(spec))
             self.scheduler.add(task_id, priority, submitted_at, request)
         await self.tunings.resume()  # after the queue: a tuning tops up its trials
@@ -128,25 +140,33 @@ class Daemon:
         self.events.publish({"type": "state", "task_id": task_id, "old": None,
                              "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
 
-    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> None:
-        """Cancel a pending task at once, or kill a running one."""
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> bool:
+        """Cancel a pending task at once, or kill a running one; False when it had already ended.
+
+        A running task's cancel is persisted before its kill (``Runner.cancel``), so a crash
+        in the grace period cannot lose it: recovery finishes it.
+        """
         for _ in range(3):
             row = await self.store.get_task(task_id)
             if is_final(row["state"]):
-                return
+                return False
             if row["state"] == State.PENDING:
                 try:
-                    await self.store.cancel_pending(task_id, reason)
+                    await self._cancel_pending(task_id, reason, json.loads(row["spec"]).get("callback_url"))
                 except ConflictError:
                     continue  # it was placed meanwhile: cancel it as running
-                self.scheduler.discard(task_id)
-                self.publish_state(task_id, State.PENDING, State.CANCELLED, reason)
-                await self.on_task_final(task_id, State.CANCELLED, None, json.loads(row["spec"]).get("callback_url"))
-                return
+                return True
             if await self.runner.cancel(task_id, reason):
-                return
+                return True
             await asyncio.sleep(0.05)  # between commit and launch: try again
-        raise ConflictError(f"task {task_id} could not be cancelled now; try again")
+        raise ConflictError(f"task {task_id} could not be cancelled now; try again",
+                            [{"field": "state", "problem": "the task is being launched; try again"}])
+
+    async def _cancel_pending(self, task_id: int, reason: str, callback_url: str | None) -> None:
+        await self.store.cancel_pending(task_id, reason)
+        self.scheduler.discard(task_id)
+        self.publish_state(task_id, State.PENDING, State.CANCELLED, reason)
+        await self.on_task_final(task_id, State.CANCELLED, None, callback_url)
 
     # ---- scheduling hooks -------------------------------------------
     def wake_scheduler(self) -> None:
@@ -165,11 +185,18 @@ class Daemon:
         spec = TaskSpec.model_validate_json(row["spec"])
         hosts = self.cluster.hosts_of(placed)
         try:
+            if shutil.disk_usage(self.state_dir).free < LAUNCH_HEADROOM_BYTES:
+                raise StorageFullError()  # an attempt's files and rows need room: start nothing
             await self.runner.launch(task_id, spec, hosts[0].node, self.cluster.placement_to_json(placed), hosts)
             self.metrics.started(row["submitted_at"])
         except ConflictError:
             self.cluster.release(task_id)
             self.wake_scheduler()
+        except StorageFullError:  # raised before the attempt's commit: the task is still PENDING
+            self.cluster.release(task_id)
+            await asyncio.sleep(FULL_RELAUNCH_S)
+            if (await self.store.get_task(task_id))["state"] == State.PENDING:  # unless cancelled meanwhile
+                await self.requeue(task_id)
 
     async def requeue(self, task_id: int) -> None:
         """Put a task whose node failed back into the queue."""

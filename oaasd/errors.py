@@ -100,6 +100,17 @@ class RateLimitedError(OaasError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class StorageFullError(OaasError):
+    """The state disk is full: nothing was stored (retry once space is freed)."""
+
+    status = 507
+    reason = "InsufficientStorage"
+
+    def __init__(self, message: str = "the state disk is full; nothing was stored, try again later",
+                 detail: list[dict[str, Any]] | None = None):
+        super().__init__(message, detail or [{"field": "storage", "problem": "state disk full (ENOSPC)"}])
+
+
 class IllegalTransitionError(OaasError):
     """A state change the transition table forbids: a bug, never user input."""
 

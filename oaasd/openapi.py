@@ -80,6 +80,7 @@ ERRORS = {
     413: "request body larger than server.max_body_bytes",
     422: "fields invalid, or no node could ever hold the request (Unsatisfiable)",
     429: "over a per-user limit; Retry-After says when to come back",
+    507: "the state disk is full: nothing was stored, try again once space is freed",
 }
 
 ID = Param("id", "path", {"type": "integer", "minimum": 1, "maximum": 1 << 62})
@@ -126,7 +127,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get_tuning", "GET", "/v1/tunings/{id}", "Show a tuning: best, Pareto front, trials",
               {200: views.TuningView}, params=(ID,), errors=(404,)),
     Operation("cancel_tuning", "DELETE", "/v1/tunings/{id}", "Cancel a tuning and its trials",
-              {202: views.TuningView}, params=(ID,), errors=(404,)),
+              {202: views.TuningView}, params=(ID,), errors=(404, 409)),
     Operation("register_worker", "POST", "/v1/tunings/{id}/workers", "Register an external worker",
               {201: views.WorkerRegistered}, request=WorkerBody, body_required=False, params=(ID,),
               errors=(404, 409)),
@@ -149,7 +150,7 @@ OPERATIONS: tuple[Operation, ...] = (
               params=(ID, Param("limit", "query", {"type": "integer", "minimum": 0, "maximum": 10_000, "default": 20},
                                 "adaptations shown")), errors=(404,)),
     Operation("stop_pipeline", "DELETE", "/v1/pipelines/{id}", "Stop a pipeline's loop",
-              {202: views.PipelineView}, params=(ID,), errors=(404,)),
+              {202: views.PipelineView}, params=(ID,), errors=(404, 409)),
     # ---- events (Server-Sent Events)
     Operation("all_events", "GET", "/v1/events", "Follow every event the caller may see", {200: EVENTS},
               params=(Param("task", "query", {"type": "integer", "minimum": 1, "maximum": 1 << 62},
@@ -187,6 +188,8 @@ def error_statuses(op: Operation) -> list[int]:
         out.add(401)
     if op.admin:
         out.add(403)
+    if op.method != "GET":  # every change is written first; a full state disk refuses it
+        out.add(507)
     return sorted(out)
 
 

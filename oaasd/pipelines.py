@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .background import Background
-from .errors import NotFoundError, ValidationFailedError
+from .errors import NotFoundError, StorageFullError, ValidationFailedError
 from .outbound import Client, privileged
 from .pipeline import Decision, Pipeline, PredictorSpec, plan, solve, solve_greedy
 from .pipeline.actuators import (ActuatorSpec, Replicas, StageConfig, TasksActuator, live_tasks,
@@ -167,7 +167,10 @@ class Pipelines:
     async def _loop(self, p: Live) -> None:
         while True:
             started = time.monotonic()
-            await self.run_once(p)
+            try:
+                await self.run_once(p)
+            except StorageFullError:  # the state disk is full: skip this interval, keep the loop
+                log.warning("pipeline %d: interval skipped, state disk full", p.id)
             await asyncio.sleep(max(0.0, p.reg.interval_s - (time.monotonic() - started)))
 
     async def delete(self, pipeline_id: int) -> None:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from . import auth
 from .api import DAEMON, choice_param, int_param, json_response, parse_model, read_body
-from .errors import ForbiddenError
+from .errors import ConflictError, ForbiddenError
 from .pipeline.actuators import CommandActuator, TasksActuator
 from .pipelines import STATES, Registration, parse_registration
 from .pools import SOLVE
@@ -68,6 +68,10 @@ async def stop_pipeline(request: web.Request) -> web.Response:
     """Stop the loop (and the ``tasks`` actuator's tasks); the pipeline ends STOPPED."""
     pipelines = request.app[DAEMON].pipelines
     row = await _owned(request)
+    if row["state"] != "RUNNING":
+        raise ConflictError(f"pipeline {row['id']} already {row['state']}",
+                            [{"field": "state",
+                              "problem": f"pipeline is {row['state']}; only RUNNING pipelines can be stopped"}])
     await pipelines.delete(row["id"])
     return json_response(await pipelines.view(await pipelines.row(row["id"]), 20), status=202)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .background import Background
+from .errors import StorageFullError
 from .models import TaskSpec
 from .protocol import LineTail, Report, parse_line, read_result_file
 from .seams import Exit, Handle, Host, LaunchJob, Locator
@@ -213,6 +214,8 @@ class Runner:
 
     async def _finish(self, run: Run, exit_: Exit, launch_failed: bool = False) -> None:
         row = await self.d.store.get_task(run.task_id)
+        if run.cancel_reason is None:
+            run.cancel_reason = row["cancel_reason"]  # a cancel persisted before a restart
         attempt_state, task_state, reason, message = self.classify(run, exit_, row["node_failures"])
         if launch_failed and task_state == State.NODE_FAIL:
             reason = Reason.LAUNCH_FAILED
@@ -221,7 +224,7 @@ class Runner:
             message = "; ".join(run.report.problems[-3:])
         await self.d.store.finish_attempt(run.attempt_id, run.task_id, attempt_state, task_state, reason,
                                           message, exit_code=exit_.exit_code, signal=exit_.signal,
-                                          result=result)
+                                          result=result)  # retried while the state disk is full
         self.d.metrics.attempt_ended(attempt_state, reason)
         self.runs.pop(run.task_id, None)
         run.done.set()
@@ -230,23 +233,48 @@ class Runner:
         if task_state == State.PENDING:
             await self.d.requeue(run.task_id)
         else:
-            await self.d.on_task_final(run.task_id, task_state, result, run.spec.callback_url)
+            try:
+                await self.d.on_task_final(run.task_id, task_state, result, run.spec.callback_url)
+            except StorageFullError:  # the end is recorded; a tuning steps again on its next trial's end
+                log.error("task %d: hooks of its end not stored, state disk full", run.task_id)
         self.d.wake_scheduler()
 
     # ---- cancel and stop --------------------------------------------
-    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER, requeue: bool = False) -> bool:
+    async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER, requeue: bool = False,
+                     grace_s: float | None = None) -> bool:
         """Kill a running task's attempt: it ends CANCELLED, or back in the queue
-        when ``requeue`` (its node is being taken away). False if not running here."""
+        when ``requeue`` (its node is being taken away). False if not running here.
+
+        A cancel is persisted before the kill (``Store.request_cancel``): the end is
+        recorded CANCELLED even when the daemon dies in the grace period. ``grace_s``
+        (default ``server.kill_grace_s``) is what is left of it after a restart.
+        """
         run = self.runs.get(task_id)
-        if run is None or run.handle is None:
+        if run is None:
             return False
-        if run.cancel_reason is None and run.requeue_reason is None:
-            if requeue:
+        killing = run.cancel_reason is not None or run.requeue_reason is not None
+        if requeue:
+            if not killing:
                 run.requeue_reason = reason
-            else:
-                run.cancel_reason = reason
-            self.bg.spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
+        elif run.cancel_reason is None:  # a cancel wins over a requeue under way: it must not run again
+            run.cancel_reason = reason  # before the await: an end recorded meanwhile is a cancel
+            try:
+                if not await self.d.store.request_cancel(task_id, reason):
+                    return False  # it ended meanwhile
+            except Exception:
+                run.cancel_reason = None  # not persisted: not acted on either (507 to the caller)
+                raise
+        if not killing:
+            grace = self.d.settings.server.kill_grace_s if grace_s is None else grace_s
+            self.bg.spawn(self._kill_once_started(run, grace), f"kill-{run.attempt_id}")
         return True
+
+    async def _kill_once_started(self, run: Run, grace_s: float) -> None:
+        """Kill an attempt, waiting first for its launch when the process is not started yet."""
+        while run.handle is None and not run.done.is_set():
+            await asyncio.sleep(TAIL_INTERVAL_S[0])  # only between the attempt's commit and its start
+        if run.handle is not None and not run.done.is_set():
+            await run.handle.kill(grace_s)
 
     async def node_lost(self, node: str, reason: str) -> list[int]:
         """A node went DOWN: end its attempts as node failures (requeued while retries last)."""

@@ -126,4 +126,42 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE INDEX pipeline_tasks_pipeline ON pipeline_tasks(pipeline_id, task_id);
     """,
+    # 8: idempotency keys scoped per user, UNIQUE (user, idempotency_key) instead of a global
+    # UNIQUE key; and a running task's cancel request, persisted before its kill so that
+    # recovery finishes it. SQLite cannot drop a column's UNIQUE in place: the table is
+    # rebuilt with every row, then its indexes and both triggers are created again as in 1 and 3.
+    """
+    CREATE TABLE tasks_rebuilt (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT NOT NULL, message TEXT, state_at REAL NOT NULL,
+        priority INTEGER NOT NULL, submitted_at REAL NOT NULL,
+        started_at REAL, ended_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0, node_failures INTEGER NOT NULL DEFAULT 0,
+        idempotency_key TEXT, parent_id INTEGER,
+        spec TEXT NOT NULL, result TEXT,
+        cancel_reason TEXT, cancel_requested_at REAL,
+        UNIQUE (user, idempotency_key)
+    ) STRICT;
+    INSERT INTO tasks_rebuilt (id, name, user, state, reason, message, state_at, priority, submitted_at,
+                               started_at, ended_at, attempts, node_failures, idempotency_key, parent_id,
+                               spec, result)
+        SELECT id, name, user, state, reason, message, state_at, priority, submitted_at,
+               started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result
+        FROM tasks;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_rebuilt RENAME TO tasks;
+    CREATE INDEX tasks_queue ON tasks(state, priority DESC, id);
+    CREATE INDEX tasks_state_id ON tasks(state, id);
+    CREATE INDEX tasks_user ON tasks(user, id);
+    CREATE INDEX tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX tasks_user_state ON tasks(user, state);
+    CREATE TRIGGER tasks_insert_event AFTER INSERT ON tasks BEGIN
+        INSERT INTO events(task_id, at, old, new, reason, message)
+        VALUES (NEW.id, NEW.state_at, NULL, NEW.state, NEW.reason, NEW.message);
+    END;
+    CREATE TRIGGER tasks_state_event AFTER UPDATE OF state_at ON tasks BEGIN
+        INSERT INTO events(task_id, at, old, new, reason, message)
+        VALUES (NEW.id, NEW.state_at, OLD.state, NEW.state, NEW.reason, NEW.message);
+    END;
+    """,
 ]

@@ -16,11 +16,18 @@ Guarantees:
   final state is never updated again.
 - Reads use a second connection (WAL lets them run beside the writer) and
   see only committed data.
+- A full state disk (SQLITE_FULL, ENOSPC) fails every op of the batch with
+  ``StorageFullError`` (HTTP 507) and nothing of it is written; the store
+  stays usable and the next batch tries again. ``full_since`` says since
+  when writes are refused. Metrics reported meanwhile are dropped; an
+  attempt's locator and end (``write_kept``) are retried until written.
+- Idempotency keys are unique per user: ``(user, idempotency_key)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import sqlite3
@@ -31,16 +38,18 @@ from typing import Any, Awaitable, Callable
 
 import aiosqlite
 
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, NotFoundError, StorageFullError
 from .schema import MIGRATIONS
 from .states import Reason, State, check_transition
 
 log = logging.getLogger("oaasd.store")
 
 Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
+FULL_RETRY_S = (0.5, 5.0)  # a kept write refused by a full disk is retried, backing off to 5 s
 
 TASK_COLUMNS = ("id, name, user, state, reason, message, state_at, priority, submitted_at, "
-                "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result")
+                "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result, "
+                "cancel_reason, cancel_requested_at")
 ATTEMPT_COLUMNS = ("id, task_id, seq, node, placement, state, started_at, ended_at, "
                    "exit_code, signal, reason, message, locator")
 
@@ -76,6 +85,7 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._task: asyncio.Task | None = None
         self.on_commit: Callable[[float], None] = lambda seconds: None  # COMMIT latency hook (/metrics)
+        self.full_since: float | None = None  # set while the state disk refuses writes (SQLITE_FULL)
 
     # ---- life cycle -------------------------------------------------
     async def open(self) -> None:
@@ -139,20 +149,54 @@ class Store:
                 for _ in batch:
                     self._queue.task_done()
 
+    async def write_kept(self, op: Op, what: str) -> Any:
+        """Like ``write``, but retried while the state disk is full: for what a live process
+        needs recorded (its locator, its end), which must wait for space, never be lost."""
+        delay = FULL_RETRY_S[0]
+        while True:
+            try:
+                return await self.write(op)
+            except StorageFullError:
+                if delay == FULL_RETRY_S[0]:
+                    log.warning("%s waits for space on the state disk (retried every %.0f s at most)",
+                                what, FULL_RETRY_S[1])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FULL_RETRY_S[1])
+
     async def _run_batch(self, batch: list[tuple[Op | NewTask, asyncio.Future]]) -> None:
         try:
             results = await self._transaction(batch)
         except Exception as exc:
             if self._writer.in_transaction:
                 await self._writer.execute("ROLLBACK")
+            exc = self._disk_full(exc)
+            if isinstance(exc, StorageFullError):  # every op would fail alike: no replay one by one
+                for _, fut in batch:
+                    self._settle(fut, exc=StorageFullError())
+                return
             if len(batch) == 1:
                 self._settle(batch[0][1], exc=exc)
                 return
             for item in batch:  # isolate the failing op: one transaction each
                 await self._run_batch([item])
             return
+        if self.full_since is not None:
+            log.warning("state disk writable again after %.1f s full", time.time() - self.full_since)
+            self.full_since = None
         for (_, fut), result in zip(batch, results):
             self._settle(fut, result=result)
+
+    def _disk_full(self, exc: Exception) -> Exception:
+        """A write the full state disk refused becomes StorageFullError (logged once per episode)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = (isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or \
+            (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        if not full:
+            return exc
+        if self.full_since is None:
+            self.full_since = time.time()
+            log.error("state disk full: writes refused until space is freed (%s)", exc)
+        return StorageFullError()
 
     async def _transaction(self, batch) -> list[Any]:
         db = self._writer
@@ -185,20 +229,16 @@ class Store:
 
     async def _insert_tasks(self, db: aiosqlite.Connection, new: list[NewTask]) -> list[tuple[int, bool]]:
         """Insert a batch with one executemany; ids are assigned here (one writer)."""
-        keys = [t.idempotency_key for t in new if t.idempotency_key]
-        known: dict[str, int] = {}
-        if keys:
-            marks = ",".join("?" * len(keys))
-            cur = await db.execute(f"SELECT idempotency_key, id FROM tasks WHERE idempotency_key IN ({marks})", keys)
-            known = dict(await cur.fetchall())
+        known = await self._known_keys(db, new)
         next_id = self._pending_next_id  # == _next_id unless an op of this batch inserted too
         rows, out = [], []
         for t in new:
-            if t.idempotency_key and t.idempotency_key in known:
-                out.append((known[t.idempotency_key], False))
+            key = (t.user, t.idempotency_key)
+            if t.idempotency_key and key in known:
+                out.append((known[key], False))
                 continue
             if t.idempotency_key:
-                known[t.idempotency_key] = next_id
+                known[key] = next_id
             rows.append((next_id, t.name, t.user, State.PENDING.value, Reason.SUBMITTED.value, t.submitted_at,
                          t.priority, t.submitted_at, t.idempotency_key, t.parent_id, json.dumps(t.spec)))
             out.append((next_id, True))
@@ -208,6 +248,19 @@ class Store:
             "idempotency_key, parent_id, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
         self._pending_next_id = next_id  # taken only if the batch commits
         return out
+
+    @staticmethod
+    async def _known_keys(db: aiosqlite.Connection, new: list[NewTask]) -> dict[tuple[str, str], int]:
+        """Ids of the tasks already holding one of the batch's (user, idempotency key) pairs."""
+        pairs = {(t.user, t.idempotency_key) for t in new if t.idempotency_key}
+        if not pairs:
+            return {}
+        # One probe of the UNIQUE (user, idempotency_key) index per pair of the batch.
+        cur = await db.execute(
+            f"WITH wanted(user, key) AS (VALUES {','.join(['(?,?)'] * len(pairs))}) "
+            "SELECT t.user, t.idempotency_key, t.id FROM wanted w "
+            "JOIN tasks t ON t.user = w.user AND t.idempotency_key = w.key", [v for pair in pairs for v in pair])
+        return {(u, k): i for u, k, i in await cur.fetchall()}
 
     # ---- state changes ----------------------------------------------
     @staticmethod
@@ -228,6 +281,19 @@ class Store:
             await self._transition(db, task_id, State.PENDING, State.CANCELLED, reason, message,
                                    ended_at=time.time())
         await self.write(op)
+
+    async def request_cancel(self, task_id: int, reason: str) -> bool:
+        """Persist a cancel request on a RUNNING task before it is killed (the first reason stays).
+
+        False when the task is no longer RUNNING. Recovery finishes a request a crash interrupted.
+        """
+        async def op(db):
+            cur = await db.execute(
+                "UPDATE tasks SET cancel_reason=COALESCE(cancel_reason, ?), "
+                "cancel_requested_at=COALESCE(cancel_requested_at, ?) WHERE id=? AND state='RUNNING'",
+                (reason, time.time(), task_id))
+            return cur.rowcount == 1
+        return await self.write(op)
 
     async def start_attempt(self, task_id: int, node: str, placement: dict[str, Any]) -> tuple[int, int]:
         """PENDING -> RUNNING and the attempt row (its reservation) in one transaction.
@@ -250,13 +316,13 @@ class Store:
         """Record where a running attempt can be found again after a restart."""
         async def op(db):
             await db.execute("UPDATE attempts SET locator=? WHERE id=?", (json.dumps(locator), attempt_id))
-        await self.write(op)
+        await self.write_kept(op, f"the locator of attempt {attempt_id}")
 
     async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: State,
                              task_state: State, reason: str, message: str | None = None, *,
                              exit_code: int | None = None, signal: str | None = None,
                              result: Any = None) -> None:
-        """End an attempt and move its task (final, or back to PENDING to retry)."""
+        """End an attempt and move its task (final, or back to PENDING to retry); retried while the disk is full."""
         async def op(db):
             now = time.time()
             cur = await db.execute(
@@ -271,14 +337,17 @@ class Store:
             await self._transition(db, task_id, State.RUNNING, task_state, reason, message, **fields)
             if attempt_state == State.NODE_FAIL:
                 await db.execute("UPDATE tasks SET node_failures=node_failures+1 WHERE id=?", (task_id,))
-        await self.write(op)
+        await self.write_kept(op, f"the end of task {task_id} ({task_state.value})")  # never lost
 
     async def add_metrics(self, rows: list[tuple[int, int, float, dict]]) -> None:
-        """Append reported metrics: (task_id, attempt_id, at, data)."""
+        """Append reported metrics: (task_id, attempt_id, at, data); dropped while the disk is full."""
         async def op(db):
             await db.executemany("INSERT INTO metrics (task_id, attempt_id, at, data) VALUES (?,?,?,?)",
                                  [(t, a, at, json.dumps(d)) for t, a, at, d in rows])
-        await self.write(op)
+        try:
+            await self.write(op)
+        except StorageFullError:  # intermediate values: the attempt's end is what must be kept
+            log.warning("task %d: %d metrics dropped, state disk full", rows[0][0], len(rows))
 
     # ---- nodes ------------------------------------------------------
     async def save_node(self, name: str, config: dict[str, Any] | None, source: str) -> None:
@@ -386,13 +455,14 @@ class Store:
         return (await self.rows("SELECT count(*) FROM tasks WHERE user=? AND state='PENDING'", (user,)))[0][0]
 
     async def pending_queue(self) -> list[tuple]:
-        """Return (id, priority, submitted_at, spec_json) of every pending task, queue order."""
-        return await self.rows(
-            "SELECT id, priority, submitted_at, spec FROM tasks WHERE state='PENDING' ORDER BY priority DESC, id")
+        """Return (id, priority, submitted_at, spec_json, cancel_reason) of every pending task, queue order."""
+        return await self.rows("SELECT id, priority, submitted_at, spec, cancel_reason FROM tasks "
+                               "WHERE state='PENDING' ORDER BY priority DESC, id")
 
     async def running_attempts(self) -> list[dict[str, Any]]:
-        """Return every attempt still RUNNING, with its task's spec."""
+        """Return every attempt still RUNNING, with its task's spec and persisted cancel request."""
         rows = await self.fetch(
-            f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec "
+            f"SELECT {', '.join('a.' + c.strip() for c in ATTEMPT_COLUMNS.split(','))}, t.spec AS spec, "
+            "t.cancel_reason AS cancel_reason, t.cancel_requested_at AS cancel_requested_at "
             "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.state='RUNNING' ORDER BY a.id")
         return rows

@@ -278,11 +278,12 @@ class Tunings:
             self.d.events.publish({"type": "tuning", "tuning_id": tuning_id, "state": state, "reason": reason})
         self._forget(tuning_id)
 
-    async def cancel(self, tuning_id: int) -> None:
-        """End a tuning CANCELLED and cancel its pending and running trials."""
+    async def cancel(self, tuning_id: int) -> bool:
+        """End a tuning CANCELLED and cancel its pending and running trials; False when it had already ended."""
         await self.db.get_tuning(tuning_id)  # 404 when unknown
         async with self.lock(tuning_id):
-            await self.db.end_tuning(tuning_id, "CANCELLED", Reason.CANCELLED_BY_USER.value)
+            if not await self.db.end_tuning(tuning_id, "CANCELLED", Reason.CANCELLED_BY_USER.value):
+                return False
             rows = await self.db.trials(tuning_id)
             open_ids = [r["trial_id"] for r in rows if r["state"] in ACTIVE and r["task_id"] is None]
             await self.db.end_worker_trials(open_ids, State.CANCELLED.value, Reason.CANCELLED_BY_USER.value)
@@ -290,6 +291,7 @@ class Tunings:
         for r in rows:
             if r["state"] in ACTIVE and r["task_id"] is not None:
                 await self.d.cancel(r["task_id"])
+        return True
 
     # ---- hooks from the daemon ----------------------------------------
     async def on_task_final(self, task_id: int, state: State, result: Any) -> None:

@@ -13,7 +13,7 @@ from pydantic import Field, StrictInt
 
 from . import auth
 from .api import DAEMON, choice_param, int_param, json_response, parse_model, read_body
-from .errors import ForbiddenError, ValidationFailedError
+from .errors import ConflictError, ForbiddenError, ValidationFailedError
 from .models import Strict, TaskSpec
 from .tuning.description import Name
 from .tunings import parse_description, summarize
@@ -103,8 +103,13 @@ async def get_tuning(request: web.Request) -> web.Response:
 async def cancel_tuning(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     tuning_id = await owned(request)
-    await d.tunings.cancel(tuning_id)
-    return json_response(await d.tunings.view(tuning_id), status=202)
+    cancelled = await d.tunings.cancel(tuning_id)
+    view = await d.tunings.view(tuning_id)
+    if not cancelled:
+        raise ConflictError(f"tuning {tuning_id} already ended {view['state']}",
+                            [{"field": "state",
+                              "problem": f"tuning is {view['state']}; only RUNNING tunings can be cancelled"}])
+    return json_response(view, status=202)
 
 
 # ---- external workers ------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 METRIC = b"OAAS_METRIC "
 RESULT = b"OAAS_RESULT "
 PREFIX = b"OAAS_"
-NL_PREFIX = b"\nOAAS_"
+NEWLINE = ord("\n")
 MAX_LINE = 1 << 20  # default cap of a protocol line; a longer line is log text
 CHUNK = 1 << 20  # bytes read at once: one slice of event-loop work
 MAX_RECORDS = 1000  # record lines returned at once (each costs a JSON parse)
@@ -129,8 +129,9 @@ class LineTail:
         """Return the record lines of the next slice (with ``final``, an unterminated last line too)."""
         if not self._open():
             return []
-        data = os.pread(self._fd, self.chunk, self.position)
-        self.more = len(data) == self.chunk
+        unread = os.fstat(self._fd).st_size - self.position  # sized reads: an idle poll allocates nothing
+        data = os.pread(self._fd, min(self.chunk, unread), self.position) if unread > 0 else b""
+        self.more = unread > len(data)
         base = self.offset
         buf = self._carry + data if self._carry else data
         start = 0
@@ -181,17 +182,20 @@ class LineTail:
 
 def _records(buf: bytes, start: int, end: int, max_line: int, max_records: int, out: list[bytes]) -> int:
     """Append the record lines of ``buf[start:end]`` (whole lines) to ``out``; return where it stopped."""
-    if buf.startswith(PREFIX, start, end):
-        i = start
-    else:
-        i = buf.find(NL_PREFIX, start, end) + 1
-        if i == 0:
-            return end
-    while len(out) < max_records:
+    i = _next_record(buf, start, end)
+    while i >= 0 and len(out) < max_records:
         nl = buf.find(b"\n", i, end)
         if nl - i <= max_line:
             out.append(buf[i:nl])
-        i = buf.find(NL_PREFIX, nl, end) + 1
-        if i == 0:
-            return end
+        i = _next_record(buf, nl + 1, end)
+    return end if i < 0 else i
+
+
+def _next_record(buf: bytes, pos: int, end: int) -> int:
+    """Start of the first line at or after ``pos`` (a line start) that begins with ``OAAS_``, or -1."""
+    # The needle has no newline: find's skip table then jumps over log text
+    # (twice as fast on ``yes`` as searching for "\nOAAS_").
+    i = buf.find(PREFIX, pos, end)
+    while i > pos and buf[i - 1] != NEWLINE:
+        i = buf.find(PREFIX, i + 1, end)
     return i

@@ -33,7 +33,7 @@ TAIL_INTERVAL_S = (0.05, 0.5)  # tail poll starts fast and backs off while quiet
 WAKE_BUDGET = 64 << 20  # log bytes scanned per wake-up before the time limit is checked again
 # The read offset is stored with every batch of metrics; with log text alone, at most this often:
 PERSIST_EVERY_S = 2.0
-PERSIST_EVERY_BYTES = 16 << 20
+PERSIST_EVERY_BYTES = 128 << 20
 
 
 @dataclass

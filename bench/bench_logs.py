@@ -3,7 +3,9 @@
 1. p50/p99/max of ``GET /healthz`` with no task running, then while one task
    writes 2 GB of two-byte lines (``yes | head -c 2G``), in the same run;
    the daemon's RSS before and at its peak; how long the 2 GB task took.
-2. Normal tasks (three OAAS_METRIC lines and a result each): submit -> COMPLETED
+2. One task printing 1,000,000 OAAS_METRIC lines: the same latencies, peak
+   RSS, database growth, metrics stored and dropped.
+3. Normal tasks (three OAAS_METRIC lines and a result each): submit -> COMPLETED
    latency and throughput, alternating rounds between this checkout and a
    baseline checkout (``--baseline DIR``, e.g. a ``git worktree`` of the base
    commit) so both see the same machine load.
@@ -35,7 +37,7 @@ NORMAL = {"script": "for i in 1 2 3; do echo \"OAAS_METRIC {\\\"step\\\": $i}\";
 
 
 class Sampler(threading.Thread):
-    """GET /healthz every 10 ms on a fresh connection; the daemon's peak RSS."""
+    """GET /healthz every 10 ms on a fresh connection; the daemon's peak RSS every 20 ms."""
 
     def __init__(self, port: int, pid: int):
         super().__init__(daemon=True)
@@ -45,6 +47,8 @@ class Sampler(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        rss = threading.Thread(target=self._rss, daemon=True)  # on its own: a stalled loop must not hide the peak
+        rss.start()
         while not self.halt.is_set():
             t0 = time.perf_counter()
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -52,8 +56,13 @@ class Sampler(threading.Thread):
             conn.getresponse().read()
             conn.close()
             self.latencies.append(time.perf_counter() - t0)
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
             time.sleep(0.01)
+        rss.join()
+
+    def _rss(self) -> None:
+        while not self.halt.is_set():
+            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            time.sleep(0.02)
 
     def stop(self) -> "Sampler":
         self.halt.set()
@@ -87,6 +96,30 @@ def idle_and_writer(d: Daemon, size: str, idle_s: float) -> None:
     print(f"{size} writer:   {quantiles_ms(busy.latencies)}; peak RSS {busy.peak_rss / 2**20:.0f} MB "
           f"(+{(busy.peak_rss - rss0) / 2**20:.0f} MB); task {view['state']} in {took:.1f} s ({gb / took:.2f} GB/s)")
     log.unlink()
+
+
+def metric_flood(d: Daemon, lines: int) -> None:
+    """One task printing ``lines`` OAAS_METRIC lines: latency, peak RSS, database growth, what was kept."""
+    db = d.state_dir / "oaasd.sqlite3"
+    size0 = db.stat().st_size + _size(db.with_name(db.name + "-wal"))
+    sampler = Sampler(d.port, d.proc.pid)
+    rss0 = sampler.peak_rss
+    sampler.start()
+    t0 = time.perf_counter()
+    tid = d.submit({"script": f"seq 1 {lines} | sed 's/.*/OAAS_METRIC {{\"step\": &, \"loss\": 0.5}}/'\n"
+                              "echo 'OAAS_RESULT {\"ok\": true}'\n", "resources": {"cpus": 1}})
+    view = d.wait(tid, timeout=3600)
+    took = time.perf_counter() - t0
+    busy = sampler.stop()
+    grown = db.stat().st_size + _size(db.with_name(db.name + "-wal")) - size0
+    a = view["attempts"][0]
+    print(f"{lines} metric lines: {quantiles_ms(busy.latencies)}; peak RSS +{(busy.peak_rss - rss0) / 2**20:.0f} MB; "
+          f"DB +{grown / 2**20:.1f} MB; stored {a['metrics_stored']}, dropped {a['metrics_dropped']}; "
+          f"task {view['state']} in {took:.1f} s")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def normal_round(d: Daemon, n: int) -> tuple[list[float], float]:
@@ -137,18 +170,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--no-writer", action="store_true", help="only the normal-task comparison")
+    ap.add_argument("--writer-checkout", default=str(REPO), help="the oaasd the writer phase runs (default: this)")
+    ap.add_argument("--no-normal", action="store_true", help="only the writer phase")
+    ap.add_argument("--metric-lines", type=int, default=1_000_000, help="lines of the metric-flood task")
     args = ap.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as tmp:
         if not args.no_writer:
             d = Daemon(Path(tmp) / "writer", LOCAL)
-            d.start(env={"PYTHONPATH": str(REPO)})
+            d.start(env={"PYTHONPATH": args.writer_checkout})
             try:
                 idle_and_writer(d, args.size, args.idle_s)
+                metric_flood(d, args.metric_lines)
             finally:
                 d.stop()
-        normal_tasks(args.rounds, args.tasks, args.baseline, Path(tmp))
+        if not args.no_normal:
+            normal_tasks(args.rounds, args.tasks, args.baseline, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ PREFIX = b"OAAS_"
 NEWLINE = ord("\n")
 MAX_LINE = 1 << 20  # default cap of a protocol line; a longer line is log text
 CHUNK = 1 << 20  # bytes read at once: one slice of event-loop work
-MAX_RECORDS = 1000  # record lines returned at once (each costs a JSON parse)
+MAX_RECORDS = 250  # record lines returned at once (each costs a JSON parse)
 MAX_PROBLEMS = 20  # malformed lines remembered per attempt (the newest)
 
 
@@ -116,6 +116,7 @@ class LineTail:
         self.chunk = chunk
         self.max_records = max_records
         self.more = False  # the last read stopped before the end of the file
+        self._window = chunk  # bytes to read next: shrinks to what dense records need
         self._carry = b""  # an unfinished record line, starting at ``offset``
         self._midline: bool | None = None  # inside a log line (None: not known yet)
         self._fd: int | None = None
@@ -130,7 +131,7 @@ class LineTail:
         if not self._open():
             return []
         unread = os.fstat(self._fd).st_size - self.position  # sized reads: an idle poll allocates nothing
-        data = os.pread(self._fd, min(self.chunk, unread), self.position) if unread > 0 else b""
+        data = os.pread(self._fd, min(self._window, unread), self.position) if unread > 0 else b""
         self.more = unread > len(data)
         base = self.offset
         buf = self._carry + data if self._carry else data
@@ -142,9 +143,11 @@ class LineTail:
         last = max(start, buf.rfind(b"\n", start) + 1)  # end of the whole lines
         out: list[bytes] = []
         stop = _records(buf, start, last, self.max_line, self.max_records, out)
-        if stop < last:  # max_records reached: the rest is read again next time
+        if stop < last:  # max_records reached: the rest is read again, in a window this dense slice needs
             self.offset, self._carry, self.more = base + stop, b"", True
+            self._window = max(4096, 2 * stop)
             return out
+        self._window = min(self.chunk, 2 * self._window)
         self._keep_tail(buf, last, base)
         if final and not self.more and self._carry:
             if self._carry.startswith(PREFIX):

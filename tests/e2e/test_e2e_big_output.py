@@ -28,6 +28,8 @@ class Sampler(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        rss = threading.Thread(target=self._rss, daemon=True)  # apart: a stalled loop must not hide the peak
+        rss.start()
         while not self.halt.is_set():
             t0 = time.perf_counter()
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -35,8 +37,13 @@ class Sampler(threading.Thread):
             assert conn.getresponse().status == 200
             conn.close()
             self.latencies.append(time.perf_counter() - t0)
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
             time.sleep(0.01)
+        rss.join()
+
+    def _rss(self) -> None:
+        while not self.halt.is_set():
+            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            time.sleep(0.02)
 
 
 def wait_file(path: Path, timeout: float) -> None:

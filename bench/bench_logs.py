@@ -5,7 +5,7 @@
    the daemon's RSS before and at its peak; how long the 2 GB task took.
 2. One task printing 1,000,000 OAAS_METRIC lines: the same latencies, peak
    RSS, database growth, metrics stored and dropped.
-3. Normal tasks (three OAAS_METRIC lines and a result each): submit -> COMPLETED
+3. Normal tasks (three OAAS_METRIC lines and a result each, time_limit_s 60): submit -> COMPLETED
    latency and throughput, alternating rounds between this checkout and a
    baseline checkout (``--baseline DIR``, e.g. a ``git worktree`` of the base
    commit) so both see the same machine load.
@@ -33,7 +33,7 @@ from conftest import Daemon  # noqa: E402  (the same harness the tests use)
 
 LOCAL = '[[nodes]]\nname = "local"\ncpus = 2\nmemory_mb = 2000\n'
 NORMAL = {"script": "for i in 1 2 3; do echo \"OAAS_METRIC {\\\"step\\\": $i}\"; done\n"
-                    "echo 'OAAS_RESULT {\"ok\": true}'\n", "resources": {"cpus": 0.1}}
+                    "echo 'OAAS_RESULT {\"ok\": true}'\n", "resources": {"cpus": 0.1}, "time_limit_s": 60}
 
 
 class Sampler(threading.Thread):

@@ -165,6 +165,15 @@ class OutboundConfig(Section):
         return _networks(v)
 
 
+class ReportingConfig(Section):
+    """``[reporting]``: how much of what a task prints the daemon reads and keeps."""
+
+    max_metrics_per_attempt: int = Field(10_000, ge=1, le=100_000_000,
+                                         description="OAAS_METRIC lines stored per attempt; later ones are counted")
+    max_protocol_line_bytes: int = Field(1 << 20, ge=64, le=64 << 20,
+                                         description="a longer OAAS_ line is log text, not a record")
+
+
 class LimitsConfig(Section):
     """``[limits]``: per-user intake limits (0 = unlimited); a user entry may override each."""
 
@@ -200,6 +209,7 @@ class Settings(Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    reporting: ReportingConfig = Field(default_factory=ReportingConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -298,9 +298,15 @@ class Daemon:
 
 def _attempt_view(a: dict[str, Any]) -> dict[str, Any]:
     hosts = json.loads(a["placement"]).get("hosts", [])
+    notes = []
+    if a["metrics_dropped"]:
+        notes.append(f"{a['metrics_dropped']} OAAS_METRIC lines dropped: {a['metrics_stored']} stored reached "
+                     "reporting.max_metrics_per_attempt")
     return {"attempt": a["seq"], "node": a["node"], "hosts": hosts, "state": a["state"],
             "started_at": a["started_at"], "ended_at": a["ended_at"], "exit_code": a["exit_code"],
-            "signal": a["signal"], "reason": a["reason"], "message": a["message"]}
+            "signal": a["signal"], "reason": a["reason"], "message": a["message"],
+            "stdout_read_bytes": a["stdout_offset"], "metrics_stored": a["metrics_stored"],
+            "metrics_dropped": a["metrics_dropped"], "notes": notes}
 
 
 async def _daemon_ctx(app: web.Application):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .background import Background
 from .errors import StorageFullError
 from .models import TaskSpec
-from .protocol import LineTail, Report, parse_line, read_result_file
+from .protocol import METRIC, LineTail, Report, parse_line, read_result_file
 from .seams import Exit, Handle, Host, LaunchJob, Locator
 from .states import Reason, State
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("oaasd.runner")
 
 TAIL_INTERVAL_S = (0.05, 0.5)  # tail poll starts fast and backs off while quiet
+WAKE_BUDGET = 64 << 20  # log bytes scanned per wake-up before the time limit is checked again
+# The read offset is stored with every batch of metrics; with log text alone, at most this often:
+PERSIST_EVERY_S = 2.0
+PERSIST_EVERY_BYTES = 128 << 20
 
 
 @dataclass
@@ -51,7 +55,13 @@ class Run:
     timed_out: bool = False
     report: Report = field(default_factory=Report)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    skip_metrics: int = 0
+    started_at: float | None = None  # the attempt row's wall-clock start (deadlines count from it)
+    stdout_offset: int = 0  # stdout.log read up to here (stored with the metrics before it)
+    metrics_stored: int = 0
+    metrics_dropped: int = 0  # OAAS_METRIC lines beyond reporting.max_metrics_per_attempt
+    dropped_stored: int = 0  # metrics_dropped as last committed
+    persisted_at: float = field(default_factory=time.monotonic)
+    skip_metrics: int = 0  # only for attempts started before schema 7, which stored no offset
 
 
 def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_dir: Path,
@@ -102,6 +112,8 @@ class Runner:
         adir.mkdir(parents=True, exist_ok=True)
         job = build_job(spec, task_id, attempt_id, seq, adir, hosts)
         run = Run(task_id, attempt_id, seq, node, placement, spec, job)
+        if spec.time_limit_s is not None:
+            run.started_at = await self._stored_start(task_id, attempt_id)
         self.runs[task_id] = run
         kind = self.d.launcher_kind(hosts, spec.workers)
         try:
@@ -138,43 +150,74 @@ class Runner:
                                          reason="process not found after daemon restart"))
             return False
         run.handle = handle
-        run.skip_metrics = await self.d.store.count_metrics(run.attempt_id)
+        await self._resume_output(run, row)
         self.bg.spawn(self._watch(run), f"attempt-{run.attempt_id}")
         log.info("task %d: re-adopted attempt %d (pid %d) on %s", run.task_id, run.attempt_id,
                  handle.locator.pid, run.node)
         return True
 
+    async def _stored_start(self, task_id: int, attempt_id: int) -> float:
+        """The committed wall-clock start of an attempt (the same value adopt reads after a restart)."""
+        rows = await self.d.store.task_attempts(task_id)
+        return next(r["started_at"] for r in rows if r["id"] == attempt_id)
+
+    async def _resume_output(self, run: Run, row: dict[str, Any]) -> None:
+        """Take up reporting where the stored offset says (never re-read or re-store what is stored)."""
+        run.started_at = row["started_at"]
+        run.stdout_offset = row["stdout_offset"]
+        run.metrics_stored = row["metrics_stored"]
+        run.metrics_dropped = run.dropped_stored = row["metrics_dropped"]
+        if run.stdout_offset == 0 and run.metrics_stored:
+            run.skip_metrics = run.metrics_stored  # started before schema 7: read again, skip the stored
+        if run.spec.trial_config is not None and run.metrics_stored:  # a tuning's pruner reads the series
+            rows = await self.d.store.task_metrics(run.task_id, limit=run.metrics_stored)
+            run.report.metrics = [m["data"] for m in rows if m["attempt_id"] == run.attempt_id]
+
     # ---- watch ------------------------------------------------------
     async def _watch(self, run: Run) -> None:
-        tail = LineTail(run.job.stdout_path)
+        cfg = self.d.settings.reporting
+        tail = LineTail(run.job.stdout_path, run.stdout_offset, cfg.max_protocol_line_bytes)
         waiter = asyncio.ensure_future(run.handle.wait())
         limit = run.spec.time_limit_s
-        deadline = None if limit is None else self._started_at(run) + limit
+        deadline = None if limit is None else (run.started_at or time.time()) + limit
         interval = TAIL_INTERVAL_S[0]
         try:
             while not waiter.done():
-                timeout = interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
+                wait = 0.0 if tail.more else interval
+                timeout = wait if deadline is None else max(0.0, min(wait, deadline - time.time()))
                 await asyncio.wait([waiter], timeout=timeout)
-                got = await self._consume(run, tail.read_lines())
+                got = await self._drain(run, tail, WAKE_BUDGET)
                 interval = TAIL_INTERVAL_S[0] if got else min(interval * 2, TAIL_INTERVAL_S[1])
                 if deadline is not None and not waiter.done() and time.time() >= deadline and not run.timed_out:
                     run.timed_out = True
                     self.bg.spawn(run.handle.kill(self.d.settings.server.kill_grace_s), f"kill-{run.attempt_id}")
             exit_ = waiter.result()
+            await self._drain(run, tail, None, final=True)
         except asyncio.CancelledError:
             waiter.cancel()  # daemon shutdown: leave the process to be re-adopted
             raise
-        await self._consume(run, tail.read_lines(final=True))
+        finally:
+            tail.close()
         read_result_file(run.job.result_path, run.report)
         await self._finish(run, exit_)
 
-    def _started_at(self, run: Run) -> float:
-        started = run.handle.locator.start_time if run.handle else 0.0
-        return started or time.time()
+    async def _drain(self, run: Run, tail: LineTail, budget: int | None, final: bool = False) -> int:
+        """Read the log slice by slice (the loop serves others between slices); return the bytes read."""
+        first = tail.position
+        while True:
+            await self._consume(run, tail.read(final), tail.offset, final)
+            if not tail.more or (budget is not None and tail.position - first >= budget):
+                return tail.position - first
+            await asyncio.sleep(0)
 
-    async def _consume(self, run: Run, lines: list[bytes]) -> int:
-        new = []
+    async def _consume(self, run: Run, lines: list[bytes], offset: int, final: bool = False) -> None:
+        """Store the new metrics of one slice together with the offset after them."""
+        cap = self.d.settings.reporting.max_metrics_per_attempt
+        new, dropped = [], run.metrics_dropped
         for line in lines:
+            if run.metrics_stored + len(new) >= cap and line.startswith(METRIC):
+                run.metrics_dropped += 1  # beyond the cap: counted, not even parsed
+                continue
             metric = parse_line(line, run.report)
             if metric is None:
                 continue
@@ -182,13 +225,30 @@ class Runner:
                 run.skip_metrics -= 1
                 continue
             new.append(metric)
+        if dropped == 0 < run.metrics_dropped:
+            log.warning("task %d: attempt %d reached %d metrics; further OAAS_METRIC lines are counted and dropped",
+                        run.task_id, run.attempt_id, cap)
+        if not (new or self._persist_due(run, offset, final)):
+            return
+        now, stored, dropped = time.time(), run.metrics_stored + len(new), run.metrics_dropped
+        await self.d.store.record_output(run.attempt_id, offset, stored, dropped, [(run.task_id, now, m) for m in new])
+        run.stdout_offset, run.metrics_stored, run.dropped_stored = offset, stored, dropped
+        run.persisted_at = time.monotonic()
         if new:
-            now = time.time()
-            await self.d.store.add_metrics([(run.task_id, run.attempt_id, now, m) for m in new])
+            run.report.metrics.extend(new)
             for m in new:
                 self.d.events.publish({"type": "metric", "task_id": run.task_id, "data": m})
             await self.d.on_metrics(run, new)
-        return len(lines)
+
+    @staticmethod
+    def _persist_due(run: Run, offset: int, final: bool) -> bool:
+        """Whether the offset and drop count alone (no new metric) are worth a commit now."""
+        recount = run.metrics_dropped != run.dropped_stored
+        if final:
+            return recount  # the attempt ends next: its offset is of no more use
+        moved = offset - run.stdout_offset
+        due = time.monotonic() - run.persisted_at >= PERSIST_EVERY_S
+        return moved >= PERSIST_EVERY_BYTES or ((moved > 0 or recount) and due)
 
     # ---- finish -----------------------------------------------------
     def classify(self, run: Run, exit_: Exit, node_failures: int) -> tuple[State, State, str, str | None]:

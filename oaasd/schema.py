@@ -126,6 +126,16 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE INDEX pipeline_tasks_pipeline ON pipeline_tasks(pipeline_id, task_id);
     """,
+    # 7: how far each attempt's stdout.log was read, committed with the metrics read up to there,
+    # and how many metrics were stored or dropped beyond reporting.max_metrics_per_attempt. Attempts
+    # running across the upgrade keep offset 0 and get their count, so re-reading skips the stored.
+    """
+    ALTER TABLE attempts ADD COLUMN stdout_offset INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN metrics_stored INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN metrics_dropped INTEGER NOT NULL DEFAULT 0;
+    UPDATE attempts SET metrics_stored = (SELECT COUNT(*) FROM metrics m WHERE m.attempt_id = attempts.id)
+        WHERE state = 'RUNNING';
+    """,
     # 8: idempotency keys scoped per user, UNIQUE (user, idempotency_key) instead of a global
     # UNIQUE key; and a running task's cancel request, persisted before its kill so that
     # recovery finishes it. SQLite cannot drop a column's UNIQUE in place: the table is

@@ -13,7 +13,9 @@ Guarantees:
   transaction. An op that raises leaves no partial write: the batch is
   rolled back and its other ops are replayed one transaction each.
 - Rows of ``events`` and ``metrics`` are only ever appended; a task in a
-  final state is never updated again.
+  final state is never updated again. An attempt's metrics are committed
+  with the stdout offset after them (``record_output``), so each is stored
+  once however often the daemon restarts.
 - Reads use a second connection (WAL lets them run beside the writer) and
   see only committed data.
 - A full state disk (SQLITE_FULL, ENOSPC) fails every op of the batch with
@@ -51,7 +53,7 @@ TASK_COLUMNS = ("id, name, user, state, reason, message, state_at, priority, sub
                 "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result, "
                 "cancel_reason, cancel_requested_at")
 ATTEMPT_COLUMNS = ("id, task_id, seq, node, placement, state, started_at, ended_at, "
-                   "exit_code, signal, reason, message, locator")
+                   "exit_code, signal, reason, message, locator, stdout_offset, metrics_stored, metrics_dropped")
 
 
 @dataclass
@@ -339,15 +341,20 @@ class Store:
                 await db.execute("UPDATE tasks SET node_failures=node_failures+1 WHERE id=?", (task_id,))
         await self.write_kept(op, f"the end of task {task_id} ({task_state.value})")  # never lost
 
-    async def add_metrics(self, rows: list[tuple[int, int, float, dict]]) -> None:
-        """Append reported metrics: (task_id, attempt_id, at, data); dropped while the disk is full."""
+    async def record_output(self, attempt_id: int, stdout_offset: int, metrics_stored: int, metrics_dropped: int,
+                            metrics: list[tuple[int, float, dict]]) -> None:
+        """Append an attempt's new metrics (task_id, at, data) and move its stdout offset and
+        counts past them, in one transaction: a restart resumes there, storing nothing twice."""
         async def op(db):
-            await db.executemany("INSERT INTO metrics (task_id, attempt_id, at, data) VALUES (?,?,?,?)",
-                                 [(t, a, at, json.dumps(d)) for t, a, at, d in rows])
+            if metrics:
+                await db.executemany("INSERT INTO metrics (task_id, attempt_id, at, data) VALUES (?,?,?,?)",
+                                     [(t, attempt_id, at, json.dumps(d)) for t, at, d in metrics])
+            await db.execute("UPDATE attempts SET stdout_offset=?, metrics_stored=?, metrics_dropped=? WHERE id=?",
+                             (stdout_offset, metrics_stored, metrics_dropped, attempt_id))
         try:
             await self.write(op)
         except StorageFullError:  # intermediate values: the attempt's end is what must be kept
-            log.warning("task %d: %d metrics dropped, state disk full", rows[0][0], len(rows))
+            log.warning("attempt %d: %d metrics dropped, state disk full", attempt_id, len(metrics))
 
     # ---- nodes ------------------------------------------------------
     async def save_node(self, name: str, config: dict[str, Any] | None, source: str) -> None:
@@ -426,10 +433,6 @@ class Store:
         rows = await self.fetch("SELECT attempt_id, at, data FROM metrics WHERE task_id=? ORDER BY id DESC LIMIT ?",
                                  (task_id, limit))
         return [{**r, "data": json.loads(r["data"])} for r in reversed(rows)]
-
-    async def count_metrics(self, attempt_id: int) -> int:
-        """Return how many metrics an attempt has reported (to skip them on re-adoption)."""
-        return (await self.rows("SELECT COUNT(*) FROM metrics WHERE attempt_id=?", (attempt_id,)))[0][0]
 
     async def list_tasks(self, *, state: str | None = None, user: str | None = None,
                          name: str | None = None, parent_id: int | None = None,

@@ -92,6 +92,10 @@ class AttemptView(View):
     signal: str | None
     reason: str | None
     message: str | None
+    stdout_read_bytes: int = Field(description="stdout.log read for OAAS_ lines up to here (as last stored)")
+    metrics_stored: int
+    metrics_dropped: int = Field(description="OAAS_METRIC lines beyond reporting.max_metrics_per_attempt")
+    notes: list[str] = Field(description="what the daemon did not keep of this attempt's output, and why")
 
 
 class CallbackView(View):

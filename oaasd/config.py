@@ -175,9 +175,10 @@ class LaunchConfig(Section):
     @field_validator("pass_env")
     @classmethod
     def _pass_env(cls, v: list[str]) -> list[str]:
-        bad = [n for n in v if not re.match(ENV_NAME, n) or n.startswith("OAAS_")]
+        launcher = ("OAAS_EXIT_FILE", "OAAS_RESULT_FILE", "OAAS_LAUNCH_TAG")  # set by the launcher only
+        bad = [n for n in v if not re.match(ENV_NAME, n) or n in launcher]
         if bad:
-            raise ValueError(f"pass_env names must match {ENV_NAME} and not start with OAAS_: {bad}")
+            raise ValueError(f"pass_env names must match {ENV_NAME} and not be one of {launcher}: {bad}")
         return v
 
 

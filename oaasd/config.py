@@ -268,8 +268,13 @@ def load_settings(path: str | Path | None) -> Settings:
     return settings
 
 
+def missing_caps(cap_eff: int) -> list[str]:
+    """The CAPS_NEEDED absent from an effective capability mask (``CapEff`` of /proc/PID/status)."""
+    return [name for name, bit in CAPS_NEEDED.items() if not cap_eff >> bit & 1]
+
+
 def can_switch_user() -> bool:
-    """True when this process may run tasks as other accounts (root, or the CAPS_NEEDED)."""
+    """True when this process may run tasks as other accounts (root, or every one of CAPS_NEEDED)."""
     if os.geteuid() == 0:
         return True
     try:
@@ -277,7 +282,7 @@ def can_switch_user() -> bool:
             eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
         return False
-    return all(eff >> bit & 1 for bit in CAPS_NEEDED.values())
+    return not missing_caps(eff)
 
 
 def launch_problems(settings: Settings) -> list[str]:

@@ -6,7 +6,7 @@ import logging
 
 from ..config import NodeConfig, Settings
 from ..seams import Launcher
-from .accounts import Accounts
+from .accounts import Accounts, closed_ancestor
 from .local import LocalLauncher
 from .mpi import MpiLauncher, MpiOptions
 from .pool import NodeConn, SshOptions, SshPool
@@ -26,6 +26,10 @@ def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[s
     """One launcher per kind; ssh and mpi share one connection pool and one account map."""
     accounts = Accounts(settings.launch, lambda: settings.users)  # reads the users a reload put in place
     log.info("%s", accounts.startup_line())
+    closed = closed_ancestor(settings.state_path / "attempts") if accounts.shared else None
+    if closed is not None:
+        log.warning("task accounts cannot traverse %s: their exit records and result files cannot be written "
+                    "(give it o+x or move server.state_dir)", closed)
     s = settings.ssh
     options = SshOptions(connect_timeout_s=s.connect_timeout_s, keepalive_interval_s=s.keepalive_interval_s,
                          keepalive_count_max=s.keepalive_count_max, command_timeout_s=s.command_timeout_s,

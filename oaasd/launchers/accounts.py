@@ -102,6 +102,17 @@ class Accounts:
         return f"no [[users]]: tasks run as the daemon's own account {me.name!r} (uid {me.uid}), clean environment"
 
 
+def closed_ancestor(path: Path) -> Path | None:
+    """The first folder above ``path`` other accounts may not traverse (no o+x), or None."""
+    for folder in path.absolute().parents:
+        try:
+            if not folder.stat().st_mode & 0o001:
+                return folder
+        except OSError:
+            return folder
+    return None
+
+
 def give_attempt_dir(attempt_dir: Path, who: RunAs, logs: Sequence[Path]) -> None:
     """Hand an attempt's directory and files to ``who`` (0700/0600): it writes its
     result and exit record there, other task users read nothing of it."""

@@ -298,6 +298,11 @@ def test_tasks_on_an_ssh_node_run_as_their_accounts_through_sudo(daemon_factory,
     assert (results[f"read {remote_dir / 'stdout.log'}"], results["list-state"], results["kill"]) == ("1", "2", "1"), out
     assert leader.is_running() and task(d, "alice", alice)["state"] == "RUNNING"
 
+    carol = submit(d, "carol", {"command": ["/bin/sh", "-c", "id -u"]})  # unmapped: the default account
+    assert wait_state(d, "carol", carol, {"COMPLETED", "FAILED"})["state"] == "COMPLETED"
+    assert (d.state_dir / "attempts" / str(carol) / "1" / "stdout.log").read_text().strip() == str(
+        accounts[DEFAULT].pw_uid)
+
     bad = submit(d, "bob", {"command": ["/bin/pwd"], "workdir": "/root",
                             "max_retries": 3})
     view = wait_state(d, "bob", bad, {"COMPLETED", "FAILED", "NODE_FAIL"})
@@ -309,3 +314,25 @@ def test_tasks_on_an_ssh_node_run_as_their_accounts_through_sudo(daemon_factory,
     while leader.is_running() and leader.status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
         time.sleep(0.05)  # the kill went through sudo as alice too
     assert not leader.is_running() or leader.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_a_relative_work_root_is_under_the_task_accounts_home(sudo_node, tmp_path, accounts):
+    from oaasd.config import UserConfig
+    from oaasd.launchers.accounts import Accounts
+    from oaasd.launchers.ssh import SshLauncher
+    from oaasd.seams import Host, LaunchJob
+
+    cluster, node = sudo_node
+    alice = UserConfig(name="alice", token_sha256="0" * 64, unix_user=ALICE)
+    launcher = SshLauncher({node.name: node.conn(work_root=".oaasd/iso-attempts")}, accounts=Accounts(users=lambda: [alice]))
+    (tmp_path / "a").mkdir()
+    job = LaunchJob(task_id=1, attempt_id=7, argv=["/bin/sh", "-c", 'echo "$OAAS_EXIT_FILE $(id -un)"'], env={},
+                    workdir=None, attempt_dir=tmp_path / "a", hosts=[Host(node.name, node.host, 1)], workers=1,
+                    user="alice")
+    try:
+        exit = await (await launcher.start(job)).wait()
+    finally:
+        await launcher.close()
+    assert exit.exit_code == 0, job.stderr_path.read_text()
+    assert job.stdout_path.read_text() == f"{accounts[ALICE].pw_dir}/.oaasd/iso-attempts/7/exit {ALICE}\n"
+    assert not Path(accounts[ALICE].pw_dir, ".oaasd/iso-attempts/7").exists()  # removed as alice, after the fetch

@@ -94,7 +94,8 @@ launch)  # DIR TAG PATH LANG NPASS NAME... CMD...: start CMD detached from a cle
   for f in exit result.json pid; do [ ! -e $f ] || rm -f $f; done
   # NAME=value of each passed variable set here, moved in front of CMD (POSIX sh has no arrays)
   p=0; while [ "$n" -gt 0 ]; do if v=$(printenv "$1"); then set -- "$@" "$1=$v"; p=$((p+1)); fi; shift; n=$((n-1)); done
-  m=$(($# - p)); while [ "$m" -gt 0 ]; do x=$1; shift; set -- "$@" "$x"; m=$((m-1)); done
+  m=$(($# - p)); [ "$p" -gt 0 ] || m=0
+  while [ "$m" -gt 0 ]; do x=$1; shift; set -- "$@" "$x"; m=$((m-1)); done
   cd "$h" 2>/dev/null || cd /
   setsid env -i PATH="$path" LANG="$lang" HOME="$h" USER="$u" OAAS_EXIT_FILE="$d/exit" \
     OAAS_RESULT_FILE="$d/result.json" OAAS_LAUNCH_TAG="$tag" "$@" </dev/null >"$d/stdout.log" 2>"$d/stderr.log" &

@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Tasks started by the daemon find the venv's python3 first (the examples need numpy).
+# Tasks never inherit the daemon's environment: oaasd.toml's [launch] path puts the
+# venv's python3 first for them (the examples need numpy).
 run: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/oaasd serve --config oaasd.toml
+	$(VENV)/bin/oaasd serve --config oaasd.toml
 
 # Failed tests are rerun once: mpirun over several fake hosts on one kernel
 # occasionally crashes in PMIx (see bench notes); a real bug fails twice.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +14,12 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"  # a portable Unix account name (useradd's default rule)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Capabilities a non-root daemon needs to run tasks as other accounts (bit numbers of
+# linux/capability.h): set ids, chown attempt dirs, signal tasks, write into their dirs.
+CAPS_NEEDED = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
 
 
 class Section(BaseModel):
@@ -182,10 +191,39 @@ class LimitsConfig(Section):
     submit_burst: int = Field(0, ge=0, description="submissions allowed at once (default: 2 x submit_rate, min 1)")
 
 
+class LaunchConfig(Section):
+    """``[launch]``: the environment and the Unix account every task starts with."""
+
+    path: str = Field("/usr/local/bin:/usr/bin:/bin", description="PATH of every task (its own env may override)")
+    lang: str = Field("C.UTF-8", description="LANG of every task")
+    default_user: str = Field("oaasd-task", pattern=UNIX_NAME,
+                              description="Unix account of API users without unix_user (only with [[users]])")
+    pass_env: list[str] = Field(default_factory=list, description="variables copied from the launching side")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        # Relative entries are taken from the daemon's working directory, like state_dir.
+        parts = [p for p in v.split(":") if p]
+        if not parts:
+            raise ValueError("launch.path must name at least one directory")
+        return ":".join(str(Path(p).absolute()) for p in parts)
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, v: list[str]) -> list[str]:
+        launcher = ("OAAS_EXIT_FILE", "OAAS_RESULT_FILE", "OAAS_LAUNCH_TAG")  # set by the launcher only
+        bad = [n for n in v if not re.match(ENV_NAME, n) or n in launcher]
+        if bad:
+            raise ValueError(f"pass_env names must match {ENV_NAME} and not be one of {launcher}: {bad}")
+        return v
+
+
 class UserConfig(Section):
     """``[[users]]``: one API user and the hash of their token (``oaasd token hash``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")
+    unix_user: str | None = Field(None, pattern=UNIX_NAME, description="Unix account the user's tasks run as")
     role: Literal["user", "admin"] = "user"
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
     max_pending: int | None = Field(None, ge=0)
@@ -214,6 +252,7 @@ class Settings(Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     users: list[UserConfig] = Field(default_factory=list)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
     @property
     def auth_on(self) -> bool:
@@ -258,7 +297,51 @@ def load_settings(path: str | Path | None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise ConfigError(f"{path}: " + "; ".join(lines)) from None
+    problems = launch_problems(settings)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return settings
+
+
+def missing_caps(cap_eff: int) -> list[str]:
+    """The CAPS_NEEDED absent from an effective capability mask (``CapEff`` of /proc/PID/status)."""
+    return [name for name, bit in CAPS_NEEDED.items() if not cap_eff >> bit & 1]
+
+
+def can_switch_user() -> bool:
+    """True when this process may run tasks as other accounts (root, or every one of CAPS_NEEDED)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return not missing_caps(eff)
+
+
+def launch_problems(settings: Settings) -> list[str]:
+    """Why the tasks of a shared daemon (one with [[users]]) could not run as their own accounts."""
+    if not settings.users:
+        return []
+    problems = []
+    if not can_switch_user():
+        problems.append(f"[[users]] are declared, so tasks must run as their users' Unix accounts: run the "
+                        f"daemon as root or give it {', '.join(CAPS_NEEDED)} (it runs as uid {os.geteuid()})")
+    accounts = [("launch.default_user", settings.launch.default_user)]
+    accounts += [(f"users[{u.name}].unix_user", u.unix_user) for u in settings.users if u.unix_user]
+    for key, name in accounts:
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            problems.append(f"{key}: no Unix account {name!r} on this host")
+            continue
+        if uid in (0, os.geteuid()):
+            problems.append(f"{key}: {name!r} is uid {uid}, the daemon's own or root: tasks would share its rights")
+    problems += [f"nodes[{n.name}].launcher: 'mpi' cannot run ranks as the users' accounts; "
+                 "with [[users]] use 'ssh' nodes" for n in settings.nodes if n.launcher == "mpi"]
+    return problems

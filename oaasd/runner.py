@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,8 @@ class Run:
 
 def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_dir: Path,
               hosts: list[Host]) -> LaunchJob:
-    """Assemble the argv, environment and paths of one attempt."""
+    """Assemble the argv, environment and paths of one attempt (its directory made private first)."""
+    secure_attempt_dir(attempt_dir)
     if spec.script is not None:
         (attempt_dir / "script.sh").write_text(spec.script)  # for people; the argv carries it to any node
         argv = ["/bin/sh", "-c", spec.script, "oaas-script"]
@@ -87,7 +89,16 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
     if spec.trial_config is not None:
         env["OAAS_TRIAL_CONFIG"] = json.dumps(spec.trial_config)
     return LaunchJob(task_id=task_id, attempt_id=attempt_id, argv=argv, env=env, workdir=spec.workdir,
-                     attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers)
+                     attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers, user=spec.user)
+
+
+def secure_attempt_dir(attempt_dir: Path) -> None:
+    """``attempts/`` and the task's folder 0711 (a task walks to its own attempt by path,
+    lists nothing), the attempt's own 0700 (the launcher hands it to the task's account)."""
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (attempt_dir.parent.parent, attempt_dir.parent):
+        os.chmod(folder, 0o711)
+    os.chmod(attempt_dir, 0o700)
 
 
 class Runner:
@@ -259,6 +270,8 @@ class Runner:
             return State.NODE_FAIL, State.PENDING, Reason.REQUEUED, run.requeue_reason
         if run.timed_out:
             return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
+        if exit_.fault is not None and run.lost_reason is None:  # the task's own fault: no retry
+            return State.FAILED, State.FAILED, exit_.fault, exit_.reason
         if exit_.lost or run.lost_reason is not None:
             retry = node_failures < run.spec.max_retries
             task_state = State.PENDING if retry else State.NODE_FAIL

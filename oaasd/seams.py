@@ -41,6 +41,7 @@ class LaunchJob:
     attempt_dir: Path
     hosts: Sequence[Host]
     workers: int
+    user: str | None = None  # the API user: launchers map it to the Unix account the task runs as
 
     @property
     def stdout_path(self) -> Path:
@@ -72,6 +73,7 @@ class Exit:
     signal: str | None = None
     lost: bool = False
     reason: str | None = None
+    fault: str | None = None  # a Reason blaming the task itself (BadWorkdir): final, never retried
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     EARLY_STOPPED = "EarlyStopped"
     NODE_FAIL = "NodeFail"
     LAUNCH_FAILED = "LaunchFailed"
+    BAD_WORKDIR = "BadWorkdir"  # the task's workdir is missing or not its user's to enter: no retry
     LOST = "AttemptLost"
     REQUEUED = "Requeued"
     ADOPTED = "Adopted"

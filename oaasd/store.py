@@ -32,6 +32,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -91,8 +92,18 @@ class Store:
 
     # ---- life cycle -------------------------------------------------
     async def open(self) -> None:
-        """Open both connections, apply migrations, start the writer."""
+        """Open both connections, apply migrations, start the writer.
+
+        The state dir is 0711 (tasks reach their attempt dirs by path, list nothing),
+        the database and its WAL/SHM 0600 (SQLite gives them the main file's mode)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent.stat()
+        if folder.st_uid == os.geteuid() and not folder.st_mode & 0o1000:  # never a shared /tmp
+            os.chmod(self.path.parent, 0o711)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if path.exists():
+                os.chmod(path, 0o600)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}", "foreign_keys=ON",
                        "busy_timeout=5000"):

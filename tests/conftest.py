@@ -126,6 +126,21 @@ class Daemon:
         raise AssertionError(f"task {task_id} stuck in {view['state']}: {view}")
 
 
+DEFAULT_TASK_USER = "oaasd-task"  # launch.default_user: tasks of a daemon with [[users]] run as it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_task_account():
+    """The unprivileged account tasks of a shared daemon run as (the systemd unit makes it in production)."""
+    import pwd
+    try:
+        pwd.getpwnam(DEFAULT_TASK_USER)
+    except KeyError:
+        if os.geteuid() == 0:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", DEFAULT_TASK_USER], capture_output=True)
+
+
 @pytest.fixture
 def daemon_factory(tmp_path):
     """Start daemons on demand; every one is stopped (SIGKILL if needed) after the test."""

@@ -35,6 +35,9 @@ import pytest
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "oaastest"
 FIRST_HOST = 2  # 127.0.0.1 stays free for whatever else runs on loopback
+# Tasks start from a clean environment; the node marker is passed through so that
+# kill() and leftovers() still find what a node started.
+PASS_ENV = ["OAAS_TEST_NODE"]
 
 
 def missing_components() -> str | None:
@@ -343,7 +346,7 @@ def ssh_nodes():
         cluster.stop()
 
 
-def node_toml(cluster, launcher: str = "ssh", cpus: int = 2, extra: str = "") -> str:
+def node_toml(cluster, launcher: str = "ssh", cpus: int = 2, extra: str = "", launch: str = "") -> str:
     out = []
     for n in cluster.nodes:
         out.append(f'[[nodes]]\nname = "{n.name}"\nlauncher = "{launcher}"\nhost = "{n.host}"\nport = {n.port}\n'
@@ -352,7 +355,8 @@ def node_toml(cluster, launcher: str = "ssh", cpus: int = 2, extra: str = "") ->
     mpi_args = json.dumps(cluster.mpi_args())
     return ("[ssh]\nkeepalive_interval_s = 1.0\nkeepalive_count_max = 2\nconnect_timeout_s = 3.0\n"
             "lost_grace_s = 2.0\n[health]\ninterval_s = 0.5\ntimeout_s = 3.0\n"
-            f"[mpi]\nargs = {mpi_args}\nenv = {{ PMIX_MCA_gds = \"hash\" }}\n" + extra + "".join(out))
+            f"[mpi]\nargs = {mpi_args}\nenv = {{ PMIX_MCA_gds = \"hash\" }}\n"
+            f"[launch]\npass_env = {json.dumps(PASS_ENV)}\n{launch}" + extra + "".join(out))
 
 
 def wait_node_state(d, name: str, state: str, timeout: float = 20) -> dict:
@@ -363,3 +367,11 @@ def wait_node_state(d, name: str, state: str, timeout: float = 20) -> dict:
             return view
         time.sleep(0.1)
     raise AssertionError(f"node {name} stayed {view['state']}: {view}")
+
+
+def node_accounts(**launch):
+    """The account map of launchers built directly by tests: clean env, the node marker passed."""
+    from oaasd.config import LaunchConfig
+    from oaasd.launchers.accounts import Accounts
+
+    return Accounts(LaunchConfig(pass_env=PASS_ENV, **launch))

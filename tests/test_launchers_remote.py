@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 try:
-    from realnodes import missing_components, ssh_nodes  # noqa: F401  (fixture)
+    from realnodes import missing_components, node_accounts, ssh_nodes  # noqa: F401  (fixture)
 except ImportError:  # run as a package
-    from tests.realnodes import missing_components, ssh_nodes  # noqa: F401
+    from tests.realnodes import missing_components, node_accounts, ssh_nodes  # noqa: F401
 
 from oaasd.errors import ValidationFailedError
 from oaasd.launchers.mpi import MpiLauncher, MpiOptions
@@ -71,7 +71,7 @@ def sh(script: str, *args: str) -> list[str]:
 @pytest.fixture
 async def one(ssh_nodes):
     cluster = ssh_nodes(1)
-    launcher = SshLauncher(cluster.node_conns(), FAST)
+    launcher = SshLauncher(cluster.node_conns(), FAST, accounts=node_accounts())
     yield cluster.nodes[0], launcher
     await launcher.close()
 
@@ -128,7 +128,8 @@ async def test_workdir_missing_fails_the_task_not_the_node(one, tmp_path):
     assert exit.exit_code == 0 and job.stdout_path.read_text() == "/tmp\n"
     job = make_job(tmp_path, ["/bin/pwd"], hosts=[host(node)], workdir="/nonexistent/dir")
     exit = await (await launcher.start(job)).wait()
-    assert exit.exit_code == 2 and not exit.lost
+    assert (exit.fault, exit.lost) == ("BadWorkdir", False)
+    assert "cannot enter workdir /nonexistent/dir" in job.stderr_path.read_text()
 
 
 async def test_cancel_leaves_no_remote_process(one, tmp_path):
@@ -239,7 +240,7 @@ async def test_probe_errors_have_distinct_reasons(ssh_nodes, tmp_path):
 async def test_adopt_after_restart_refinds_and_resumes(ssh_nodes, tmp_path):
     cluster = ssh_nodes(1)
     node = cluster.nodes[0]
-    launcher = SshLauncher(cluster.node_conns(), FAST)
+    launcher = SshLauncher(cluster.node_conns(), FAST, accounts=node_accounts())
     job = make_job(tmp_path, sh("echo one; sleep 1; echo two; exit 5"), hosts=[host(node)])
     handle = await launcher.start(job)
     await wait_for(lambda: job.stdout_path.read_bytes() == b"one\n")
@@ -247,7 +248,7 @@ async def test_adopt_after_restart_refinds_and_resumes(ssh_nodes, tmp_path):
     await launcher.close()  # the daemon stops; the attempt must not
     assert len(node.leftovers()) >= 2
 
-    restarted = SshLauncher(cluster.node_conns(), FAST)
+    restarted = SshLauncher(cluster.node_conns(), FAST, accounts=node_accounts())
     wrong = Locator(pid=locator.pid, start_time=locator.start_time + 1, extra=locator.extra)
     assert await restarted.adopt(job, wrong) is None
     adopted = await restarted.adopt(job, locator)
@@ -262,7 +263,7 @@ async def test_adopt_after_restart_refinds_and_resumes(ssh_nodes, tmp_path):
     locator2 = handle2.locator
     await restarted.close()
     await asyncio.sleep(0.3)
-    again = SshLauncher(cluster.node_conns(), FAST)
+    again = SshLauncher(cluster.node_conns(), FAST, accounts=node_accounts())
     job2.stdout_path.write_bytes(b"")
     exit2 = await adopt_wait(await again.adopt(job2, locator2))
     assert exit2.exit_code == 7 and job2.stdout_path.read_bytes() == b"done\n"
@@ -352,7 +353,7 @@ async def test_attempts_beyond_max_streams_poll_instead(ssh_nodes, tmp_path):
     cluster = ssh_nodes(1)
     node = cluster.nodes[0]
     options = SshOptions(**{**FAST.__dict__, "max_streams": 1, "poll_interval_s": 0.2})
-    launcher = SshLauncher(cluster.node_conns(), options)
+    launcher = SshLauncher(cluster.node_conns(), options, accounts=node_accounts())
     jobs = [make_job(tmp_path, sh(f"echo a{i}; sleep 0.6; echo b{i}; exit {i}"), hosts=[host(node)]) for i in range(3)]
     handles = [await launcher.start(job) for job in jobs]
     await wait_for(lambda: all(job.stdout_path.read_bytes() == f"a{i}\n".encode() for i, job in enumerate(jobs)),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..config import NodeConfig, Settings
 from ..seams import Launcher
+from .accounts import Accounts, closed_ancestor
 from .local import LocalLauncher
 from .mpi import MpiLauncher, MpiOptions
 from .pool import NodeConn, SshOptions, SshPool
 from .ssh import SshLauncher
+
+log = logging.getLogger("oaasd")
 
 
 def node_conn(node: NodeConfig, settings: Settings) -> NodeConn:
@@ -18,17 +23,23 @@ def node_conn(node: NodeConfig, settings: Settings) -> NodeConn:
 
 
 def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[str, Launcher], SshPool]:
-    """One launcher per kind; ssh and mpi share one connection pool."""
+    """One launcher per kind; ssh and mpi share one connection pool and one account map."""
+    accounts = Accounts(settings.launch, lambda: settings.users)  # reads the users a reload put in place
+    log.info("%s", accounts.startup_line())
+    closed = closed_ancestor(settings.state_path / "attempts") if accounts.shared else None
+    if closed is not None:
+        log.warning("task accounts cannot traverse %s: their exit records and result files cannot be written "
+                    "(give it o+x or move server.state_dir)", closed)
     s = settings.ssh
     options = SshOptions(connect_timeout_s=s.connect_timeout_s, keepalive_interval_s=s.keepalive_interval_s,
                          keepalive_count_max=s.keepalive_count_max, command_timeout_s=s.command_timeout_s,
                          lost_grace_s=s.lost_grace_s, work_root=s.work_root)
     pool = SshPool({n.name: node_conn(n, settings) for n in nodes if n.launcher != "local"}, options)
-    local = LocalLauncher()
+    local = LocalLauncher(accounts)
     mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args),
                                      env=dict(settings.mpi.env)),
                       local=local)
-    return {"local": local, "ssh": SshLauncher(pool), "mpi": mpi}, pool
+    return {"local": local, "ssh": SshLauncher(pool, accounts=accounts), "mpi": mpi}, pool
 
 
 def launcher_kind(node_kinds: list[str], workers: int) -> str:

@@ -5,6 +5,11 @@ pipe to the daemon), so a task outlives a daemon crash without SIGPIPE and a
 restarted daemon picks its output up again. Exits are awaited through a
 pidfd registered with the event loop: no thread and no polling, and the same
 path serves children of this daemon and processes adopted after a restart.
+
+A task starts from the clean environment of ``Accounts.base_env``, never the
+daemon's, and on a shared daemon runs as its user's account: uid, gid and
+supplementary groups are set in the child before exec, and the attempt
+directory and logs are handed to that account first.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import subprocess
 import psutil
 
 from ..seams import Exit, LaunchJob, Locator
+from .accounts import Accounts, RunAs, give_attempt_dir
 from .wrap import exit_from_status, read_exit_file, wrap_argv
+
+TASK_UMASK = 0o022  # what a login gives: the task's files readable, not writable, by others
 
 
 def process_start_time(pid: int) -> float | None:
@@ -102,19 +110,31 @@ class EndedHandle:
         """Nothing is left to kill (and the pid may belong to someone else now)."""
 
 
+def _identity(job: LaunchJob, who: RunAs | None) -> dict:
+    """Popen's account switch (before exec) and the directory the wrapper starts in."""
+    if who is None:  # single-user: the daemon's account and working directory, as always
+        return {}
+    # The workdir is entered by the wrapper, after the switch: the child's chdir
+    # would still run as root. The attempt dir is the task's own.
+    return {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups), "cwd": job.attempt_dir}
+
+
 class LocalLauncher:
     """Runs attempts with ``subprocess.Popen`` in a new session."""
 
-    def __init__(self, base_env: dict[str, str] | None = None):
-        self.base_env = dict(os.environ if base_env is None else base_env)
+    def __init__(self, accounts: Accounts | None = None):
+        self.accounts = accounts or Accounts()
 
     async def start(self, job: LaunchJob) -> LocalHandle:
-        """Start the attempt; argv is exec'd without a shell."""
-        env = {**self.base_env, **job.env, "OAAS_EXIT_FILE": str(job.exit_path)}
+        """Start the attempt as its account, from a clean environment; argv is exec'd without a shell."""
+        who = self.accounts.run_as(job.user)
+        env = {**self.accounts.base_env(who), **job.env, "OAAS_EXIT_FILE": str(job.exit_path)}
+        if who is not None:
+            give_attempt_dir(job.attempt_dir, who, [job.stdout_path, job.stderr_path])
         with open(job.stdout_path, "ab") as out, open(job.stderr_path, "ab") as err:
             popen = subprocess.Popen(
-                wrap_argv(list(job.argv)), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=job.workdir or None, env=env, start_new_session=True, close_fds=True,
+                wrap_argv(list(job.argv), job.workdir), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env=env, start_new_session=True, close_fds=True, umask=TASK_UMASK, **_identity(job, who),
             )
         started = process_start_time(popen.pid) or 0.0
         return LocalHandle(job, Locator(pid=popen.pid, start_time=started), popen)

@@ -13,6 +13,12 @@ scan of each node finds none. The same sweep runs after every normal exit.
 While mpirun runs, the handle also watches each host's pooled connection:
 a host unreachable for longer than ``lost_grace_s`` ends the attempt as
 lost instead of leaving mpirun hanging.
+
+mpirun starts from the clean environment of local tasks plus ``[mpi] env``;
+the ranks get only the task's variables, through ``-x``. On a shared daemon
+an MPI attempt is refused: its remote ranks would run as the nodes' login
+user, not as the task's account (``config.launch_problems`` refuses ``mpi``
+nodes there, and ``start`` any gang that would still come this way).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Mapping, Sequence
 import psutil
 
 from ..seams import Exit, LaunchJob, Locator
+from .accounts import AccountError
 from .local import EndedHandle, LocalHandle, LocalLauncher, kill_group, wait_pidfd
 from .pool import NodeConn, NodeError, SshOptions, SshPool
 from .ssh import FETCH_MARK, env_pairs, new_tag, remote_command, remote_dir
@@ -255,6 +262,9 @@ class MpiLauncher:
 
     async def start(self, job: LaunchJob) -> MpiHandle:
         """Write the hostfile, prepare each host's attempt dir, start mpirun locally."""
+        if self.local.accounts.account_name(job.user) is not None:
+            raise AccountError("multi-worker tasks over remote nodes cannot run as the user's own account "
+                               "(mpirun's ranks would run as the nodes' login user); refused on a shared daemon")
         await self.sweep_deferred()
         nodes = list(dict.fromkeys(h.node for h in job.hosts))
         if not nodes or job.workers < 1:

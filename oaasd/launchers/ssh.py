@@ -15,6 +15,14 @@ exactly where the bytes stopped. Attempts beyond ``max_streams`` per node
 poll instead. After the end: leftovers are killed, logs drained, the exit
 record and ``result.json`` fetched, the remote directory removed.
 
+A task starts from a clean environment on the node too (``env -i``):
+``PATH`` and ``LANG`` of ``[launch]``, ``HOME`` and ``USER`` of the account
+it runs as there, the ``launch.pass_env`` variables of the session, its own
+``env`` and ``OAAS_*``. On a shared daemon every command of an attempt runs
+as the task's account through ``sudo -n -u ACCOUNT`` by the node's login
+user (the same constant script; the account name validated and quoted), so
+the remote attempt directory and processes are that account's.
+
 Every process of an attempt carries ``OAAS_LAUNCH_TAG`` in its environment:
 kill and cleanup signal the process group *and* every tagged process, so a
 task that calls ``setsid`` itself still cannot outlive its attempt.
@@ -33,10 +41,12 @@ from typing import Mapping
 
 import asyncssh
 
+from ..config import UNIX_NAME
 from ..errors import ValidationFailedError
 from ..seams import Exit, LaunchJob, Locator
+from .accounts import AccountError, Accounts
 from .pool import CHANNEL_REFUSED, CONNECTION_LOST, UNKNOWN_NODE, NodeConn, NodeError, SshOptions, SshPool
-from .wrap import exit_from_status, wrap_argv
+from .wrap import exit_from_record, wrap_argv
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +85,20 @@ send() { ours && kill -s "$1" -- "-$pid" "$pid" 2>/dev/null; tagged; [ -z "$p" ]
 verb=$1; shift
 FETCH_MARK=--oaas-fetch--
 case $verb in
-launch)  # DIR TAG CMD...: start CMD detached, print "PID START ABSDIR"
-  d=$1 tag=$2; shift 2
+launch)  # DIR TAG PATH LANG NPASS NAME... CMD...: start CMD detached from a clean env, print "PID START ABSDIR"
+  d=$1 tag=$2 path=$3 lang=$4 n=$5; shift 5
+  u=$(id -un); h=$(getent passwd "$u" | cut -d: -f6); h=${h:-$HOME}
+  case $d in /*) ;; *) cd "$h" || exit 97;; esac
   mkdir -p -m 700 "$d" && cd -P "$d" || exit 97
   d=$PWD
   for f in exit result.json pid; do [ ! -e $f ] || rm -f $f; done
-  export OAAS_EXIT_FILE="$d/exit" OAAS_RESULT_FILE="$d/result.json" OAAS_LAUNCH_TAG="$tag"
-  cd || exit 98
-  setsid "$@" </dev/null >"$d/stdout.log" 2>"$d/stderr.log" &
+  # NAME=value of each passed variable set here, moved in front of CMD (POSIX sh has no arrays)
+  p=0; while [ "$n" -gt 0 ]; do if v=$(printenv "$1"); then set -- "$@" "$1=$v"; p=$((p+1)); fi; shift; n=$((n-1)); done
+  m=$(($# - p)); [ "$p" -gt 0 ] || m=0
+  while [ "$m" -gt 0 ]; do x=$1; shift; set -- "$@" "$x"; m=$((m-1)); done
+  cd "$h" 2>/dev/null || cd /
+  setsid env -i PATH="$path" LANG="$lang" HOME="$h" USER="$u" OAAS_EXIT_FILE="$d/exit" \
+    OAAS_RESULT_FILE="$d/result.json" OAAS_LAUNCH_TAG="$tag" "$@" </dev/null >"$d/stdout.log" 2>"$d/stderr.log" &
   pid=$!
   l=; read -r l < "/proc/$pid/stat"
   set -- ${l##*) }
@@ -148,9 +164,15 @@ esac
 '''
 
 
-def remote_command(verb: str, *args: object) -> str:
-    """The command line running ``REMOTE_SH`` with ``verb``, every word quoted."""
-    return " ".join(shlex.quote(str(a)) for a in ("/bin/sh", "-c", REMOTE_SH, "oaas", verb, *args))
+def remote_command(verb: str, *args: object, run_as: str | None = None) -> str:
+    """The command line running ``REMOTE_SH`` with ``verb``, every word quoted;
+    ``run_as``: as that account, through ``sudo -n -u`` by the login user."""
+    words = ["/bin/sh", "-c", REMOTE_SH, "oaas", verb, *args]
+    if run_as is not None:
+        if not re.match(UNIX_NAME, run_as):
+            raise AccountError(f"not a Unix account name: {run_as!r}")
+        words = ["sudo", "-n", "-u", run_as, "--", *words]
+    return " ".join(shlex.quote(str(a)) for a in words)
 
 
 def env_pairs(env: Mapping[str, str]) -> list[str]:
@@ -202,6 +224,7 @@ class SshHandle:
         self.locator = locator
         x = locator.extra
         self.node, self.dir, self.tag = x["node"], x["dir"], x["tag"]
+        self.run_as: str | None = x.get("run_as")  # the account every command of this attempt runs as
         self._base = (int(x.get("out0", 0)), int(x.get("err0", 0)))
         self._ended_by: str | None = None  # TERM/KILL when our kill() ended it
         self._kill_pending = False
@@ -231,7 +254,8 @@ class SshHandle:
 
     async def _reap(self, grace_tenths: int, timeout: float | None = None) -> str:
         res = await self.pool.run(self.node, remote_command(
-            "reap", self.locator.pid, int(self.locator.start_time), self.tag, grace_tenths), timeout=timeout)
+            "reap", self.locator.pid, int(self.locator.start_time), self.tag, grace_tenths, run_as=self.run_as),
+            timeout=timeout)
         return res.stdout.decode().strip()
 
     def _offsets(self) -> tuple[int, int]:
@@ -241,7 +265,7 @@ class SshHandle:
     def _watch_cmd(self, mode: str) -> str:
         o1, o2 = self._offsets()
         return remote_command("watch", self.dir, self.locator.pid, int(self.locator.start_time), o1, o2,
-                              mode, self.pool.options.watch_poll_max_s)
+                              mode, self.pool.options.watch_poll_max_s, run_as=self.run_as)
 
     async def _follow(self) -> Exit:
         """Follow until the leader is gone, then finish; lost after lost_grace_s unreachable."""
@@ -309,20 +333,22 @@ class SshHandle:
         """
         o1, o2 = self._offsets()
         if not await self._pipe(remote_command("finish", self.dir, self.locator.pid, int(self.locator.start_time),
-                                               self.tag, o1, o2), 0):
+                                               self.tag, o1, o2, run_as=self.run_as), 0):
             return None
         # One command reads the exit record and result and (unless kept) removes the directory.
         keep = self.pool.options.keep_remote_dirs
-        res = await self.pool.run(self.node, remote_command("fetch", self.dir, "keep" if keep else "remove"))
+        res = await self.pool.run(self.node, remote_command("fetch", self.dir, "keep" if keep else "remove",
+                                                            run_as=self.run_as))
         # Anything a login shell printed first (a chatty .bashrc) stays before the marker.
         head, _, rest = res.stdout.partition(FETCH_MARK.encode() + b"\n")[2].partition(b"\n")
         kind, _, result = rest.partition(b"\n")
         if kind == b"result":
             self.job.result_path.write_bytes(result)
         rc = head.decode().removeprefix("exit=").strip()
-        if rc.lstrip("-").isdigit():
+        recorded = exit_from_record(rc)
+        if recorded is not None:
             self.job.exit_path.write_text(rc + "\n")
-            return exit_from_status(int(rc))
+            return recorded
         if self._ended_by:
             return Exit(exit_code=None, signal=f"SIG{self._ended_by}" if self._ended_by != "STUCK" else "SIGKILL")
         return Exit(exit_code=None, lost=True, reason=f"remote process on {self.node} ended without an exit record")
@@ -331,9 +357,11 @@ class SshHandle:
 class SshLauncher:
     """Starts attempts on ``job.hosts[0].node`` over one pooled connection per node."""
 
-    def __init__(self, nodes: Mapping[str, NodeConn] | SshPool, options: SshOptions | None = None):
+    def __init__(self, nodes: Mapping[str, NodeConn] | SshPool, options: SshOptions | None = None,
+                 accounts: Accounts | None = None):
         self._owns_pool = not isinstance(nodes, SshPool)
         self.pool = SshPool(nodes, options) if self._owns_pool else nodes
+        self.accounts = accounts or Accounts()
         self._handles: set[SshHandle] = set()
 
     def _track(self, handle: SshHandle) -> SshHandle:
@@ -347,26 +375,27 @@ class SshLauncher:
             raise ValidationFailedError("an ssh attempt needs a host", [{"field": "hosts", "problem": "empty"}])
         node = job.hosts[0].node
         tag = new_tag(job)
-        argv = list(job.argv)
-        if job.workdir:
-            argv = ["/bin/sh", "-c", 'cd -- "$1" || exit; shift; exec "$@"', "oaas-cd", job.workdir, *argv]
+        run_as = self.accounts.account_name(job.user)
         base = (_size(job.stdout_path), _size(job.stderr_path))
         job.stdout_path.touch()
         job.stderr_path.touch()
-        cmd = remote_command("launch", remote_dir(self.pool, node, job), tag,
-                             "env", *env_pairs(job.env), *wrap_argv(argv))
+        launch = self.accounts.launch
+        cmd = remote_command("launch", remote_dir(self.pool, node, job), tag, launch.path, launch.lang,
+                             len(launch.pass_env), *launch.pass_env, *env_pairs(job.env),
+                             *wrap_argv(list(job.argv), job.workdir), run_as=run_as)
         res = await self.pool.run(node, cmd)
         pid, start, absdir = res.stdout.decode().strip().splitlines()[-1].split(maxsplit=2)
-        locator = Locator(pid=int(pid), start_time=float(start), extra={
-            "node": node, "dir": absdir.strip(), "tag": tag, "out0": base[0], "err0": base[1]})
-        return self._track(SshHandle(self.pool, job, locator))
+        extra = {"node": node, "dir": absdir.strip(), "tag": tag, "out0": base[0], "err0": base[1]}
+        if run_as is not None:
+            extra["run_as"] = run_as
+        return self._track(SshHandle(self.pool, job, Locator(pid=int(pid), start_time=float(start), extra=extra)))
 
     async def adopt(self, job: LaunchJob, locator: Locator) -> SshHandle | None:
         """Reattach when the pid still runs (same start time) or left an exit record."""
         x = locator.extra
         try:
             res = await self.pool.run(x["node"], remote_command(
-                "status", x["dir"], locator.pid, int(locator.start_time)))
+                "status", x["dir"], locator.pid, int(locator.start_time), run_as=x.get("run_as")))
         except NodeError as exc:
             if exc.reason == UNKNOWN_NODE:
                 return None

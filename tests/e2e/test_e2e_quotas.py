@@ -11,10 +11,12 @@ overshoots and never fails for it.
 from __future__ import annotations
 
 import re
-import sys
 import time
 
 from oaasd.auth import token_hash
+
+# With [[users]] tasks run as an unprivileged account (launch.default_user), which cannot
+# reach the test's interpreter under /root: the programs here are plain /bin/sh.
 
 ALICE = {"Authorization": "Bearer alice-token"}
 ROOT = {"Authorization": "Bearer root-token"}
@@ -59,7 +61,7 @@ def watch(d, seconds: float, until=lambda: False) -> int:
 
 def test_a_tuning_waits_for_its_owners_max_pending_and_finishes(daemon_factory):
     d = daemon_factory(config("max_pending = 3"))
-    trial = [sys.executable, "-c", "import time; time.sleep(0.3); print('OAAS_RESULT {\"loss\": 1.0}')"]
+    trial = ["/bin/sh", "-c", "sleep 0.3; echo 'OAAS_RESULT {\"loss\": 1.0}'"]
     body = {"name": "wide", "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
             "objectives": [{"metric": "loss", "sense": "minimize"}], "number_of_trials": 8, "worker_num": 50,
             "sampler": "random", "seed": 1, "trial": {"command": trial, "cpus": 2, "memory_mb": 50}}
@@ -88,7 +90,7 @@ def test_a_tuning_waits_for_its_owners_max_pending_and_finishes(daemon_factory):
 
 def test_a_tuning_is_held_to_its_owners_submit_rate(daemon_factory):
     d = daemon_factory(config("submit_rate = 2.0\nsubmit_burst = 2"))
-    trial = [sys.executable, "-c", "print('OAAS_RESULT {\"loss\": 1.0}')"]
+    trial = ["/bin/sh", "-c", "echo 'OAAS_RESULT {\"loss\": 1.0}'"]
     body = {"name": "fast", "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
             "objectives": [{"metric": "loss", "sense": "minimize"}], "number_of_trials": 6, "worker_num": 6,
             "sampler": "random", "seed": 1, "trial": {"command": trial, "cpus": 0.1, "memory_mb": 50}}
@@ -123,7 +125,7 @@ def pipeline(d, pid: int) -> dict:
 
 def test_pipeline_replicas_count_against_max_pending(daemon_factory, tmp_path):
     d = daemon_factory(config("max_pending = 3"))
-    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    sleeper = ["sleep", "600"]
     template = {"command": sleeper, "resources": {"cpus": 2}, "require_result": False}
     pid = register(d, {"kind": "tasks", "template": template}, tmp_path, 250.0)  # wants 3 + 5 replicas
     most = watch(d, 3.0)
@@ -137,7 +139,7 @@ def test_pipeline_replicas_count_against_max_pending(daemon_factory, tmp_path):
 
 def test_a_crash_looping_replica_backs_off_exponentially(daemon_factory, tmp_path):
     d = daemon_factory(config("max_pending = 100"))
-    template = {"command": [sys.executable, "-c", "raise SystemExit(1)"], "resources": {"cpus": 0.1},
+    template = {"command": ["/bin/sh", "-c", "exit 1"], "resources": {"cpus": 0.1},
                 "require_result": False}
     pid = register(d, {"kind": "tasks", "template": template}, tmp_path, 10.0)  # one replica per stage
     time.sleep(5.0)

@@ -113,6 +113,12 @@ class ConfigError(OaasError):
     reason = "ConfigError"
 
 
+class StartupError(OaasError):
+    """The daemon cannot start (port, state dir, database, lock); names the address or path."""
+
+    reason = "StartupError"
+
+
 def pydantic_detail(exc: Any) -> list[dict[str, Any]]:
     """Turn a pydantic ValidationError into detail entries naming each field."""
     out = []

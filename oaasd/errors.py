@@ -86,6 +86,13 @@ class TooLargeError(OaasError):
     reason = "TooLarge"
 
 
+class RequestTimeoutError(OaasError):
+    """The client did not send its request body in time (``server.body_timeout_s``)."""
+
+    status = 408
+    reason = "RequestTimeout"
+
+
 class RateLimitedError(OaasError):
     """The user exceeded a configured limit."""
 

@@ -41,6 +41,8 @@ class ServerConfig(Section):
     max_connections_per_peer: int = Field(64, ge=1, description="open HTTP connections from one address")
     max_subscribers: int = Field(512, ge=0, description="open event streams in all")
     max_subscribers_per_user: int = Field(32, ge=0, description="open event streams of one user")
+    event_write_timeout_s: float = Field(10.0, gt=0, description="an event stream whose client reads "
+                                         "nothing for this long is closed")
 
     @field_validator("listen")
     @classmethod

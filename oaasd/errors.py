@@ -107,6 +107,16 @@ class RateLimitedError(OaasError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class OverloadedError(OaasError):
+    """The daemon is at a configured cap (e.g. open event streams); retry later."""
+
+    status = 503
+    reason = "Overloaded"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class IllegalTransitionError(OaasError):
     """A state change the transition table forbids: a bug, never user input."""
 

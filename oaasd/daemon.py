@@ -137,7 +137,7 @@ class Daemon:
     def queued(self, task_id: int, task: NewTask, request: pl.Request) -> None:
         """A task just committed PENDING (a submission or a tuning's trial) joins the queue."""
         self.scheduler.add(task_id, task.priority, task.submitted_at, request)
-        self.events.publish({"type": "state", "task_id": task_id, "old": None,
+        self.events.publish({"type": "state", "task_id": task_id, "user": task.user, "old": None,
                              "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
 
     async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> None:

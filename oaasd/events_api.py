@@ -57,11 +57,16 @@ class Owners:
             if key in event:
                 ident = (key, event[key])
                 found = self._cache.get(ident)
+                if found is None and "user" in event:  # a new task's first event names its owner
+                    found = self._cache[ident] = asyncio.get_running_loop().create_future()
+                    found.set_result(event["user"])
                 if found is None:
                     if len(self._cache) >= OWNERS_CACHED:
                         self._cache.clear()
                     found = self._cache[ident] = asyncio.ensure_future(self._read(d, sql, event[key]))
                     found.add_done_callback(lambda f, ident=ident: self._forget_failed(ident, f))
+                if found.done():  # the common case: no await, no new future per stream and event
+                    return found.result()
                 return await asyncio.shield(found)
         return None
 
@@ -104,10 +109,21 @@ def subscribe(request: web.Request, accept: Callable[[Event], bool]) -> Subscrip
     return d.events.subscribe(accept, owner=who)
 
 
+_FORMATTED: dict[int, bytes] = {}  # live events by seq: formatted once, however many streams send them
+
+
 def format_event(event: Event) -> bytes:
     """One SSE message: ``id:`` when the event has a sequence number, ``event:``, ``data:``."""
+    live = "seq" in event and event["type"] != "overflow" and not event.get("replay")
+    if live and (done := _FORMATTED.get(event["seq"])) is not None:
+        return done
     head = f"id: {event['seq']}\n" if "seq" in event else ""
-    return f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    text = f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    if live:
+        if len(_FORMATTED) >= 4096:
+            _FORMATTED.clear()
+        _FORMATTED[event["seq"]] = text
+    return text
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:
@@ -119,7 +135,15 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def write(request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
-    """One write, bounded in time: a client that stopped reading is cut off (ConnectionError)."""
+    """One write, bounded in time: a client that stopped reading is cut off (ConnectionError).
+
+    A write that leaves the transport's buffer under its high-water mark cannot
+    block, so only the others pay for a timer.
+    """
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(data) < _high_water(transport):
+        await resp.write(data)
+        return
     try:
         async with asyncio.timeout(request.app[DAEMON].settings.server.event_write_timeout_s):
             await resp.write(data)
@@ -127,6 +151,13 @@ async def write(request: web.Request, resp: web.StreamResponse, data: bytes) -> 
         if request.transport is not None:
             request.transport.abort()  # its unsent buffer is dropped, not kept for ever
         raise ConnectionResetError("event stream client stopped reading") from None
+
+
+def _high_water(transport: asyncio.BaseTransport) -> int:
+    try:
+        return transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return 0  # unknown: always bounded
 
 
 async def pump(request: web.Request, resp: web.StreamResponse, sub: Subscription,
@@ -137,12 +168,14 @@ async def pump(request: web.Request, resp: web.StreamResponse, sub: Subscription
     raises ConnectionError at the next write (an event or the keep-alive comment).
     """
     while True:
-        try:
-            async with asyncio.timeout(KEEPALIVE_S):
-                events = await sub.batch()
-        except TimeoutError:
-            await write(request, resp, b": keep-alive\n\n")
-            continue
+        events = sub.take()
+        if not events and not sub.closed:
+            try:  # a timer only when the stream has to wait
+                async with asyncio.timeout(KEEPALIVE_S):
+                    events = await sub.batch()
+            except TimeoutError:
+                await write(request, resp, b": keep-alive\n\n")
+                continue
         if not events:
             return  # closed: the daemon is stopping
         out, done = [], False

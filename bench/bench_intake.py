@@ -164,32 +164,45 @@ def bench_rss(tmp: Path, pending: int) -> None:
 
 SUBSCRIBERS = """
 import asyncio, sys
-async def one(port, token, ready):
+async def one(port, token, ready, done, expected):
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(f"GET /v1/events HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer {token}\\r\\n\\r\\n".encode())
     head = await r.readuntil(b"\\r\\n\\r\\n")
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     ready.append(1)
+    seen, tail = 0, b""
+    while chunk := await r.read(65536):
+        seen += (tail + chunk).count(b"event: state")
+        tail = chunk[-16:].rpartition(b"event: state")[2]  # never count one twice
+        if seen >= expected:
+            done.append(1)
+            break
     while await r.read(65536):
         pass
-async def main(port, token, n):
-    ready = []
-    tasks = [asyncio.create_task(one(port, token, ready)) for _ in range(n)]
+async def main(port, token, n, expected):
+    ready, done = [], []
+    tasks = [asyncio.create_task(one(port, token, ready, done, expected)) for _ in range(n)]
     while len(ready) < n:
         await asyncio.sleep(0.05)
         for t in tasks:
             if t.done() and t.exception():
                 raise t.exception()
     print("ready", flush=True)
+    while len(done) < n:
+        await asyncio.sleep(0.01)
+    print("delivered", flush=True)
     await asyncio.gather(*tasks)
-asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
 """
 SSE_LIMITS = ("max_subscribers = 2000\nmax_subscribers_per_user = 2000\nmax_connections = 4000\n"
               "max_connections_per_peer = 4000\n")
 
 
-def submissions_with_subscribers(tmp: Path, total: int, subscribers: int) -> float:
-    """Submissions/s (32 clients, one non-admin user) while ``subscribers`` streams follow /v1/events."""
+def submissions_with_subscribers(tmp: Path, total: int, subscribers: int) -> tuple[float, float]:
+    """(submissions/s, seconds until every stream had every event) while ``subscribers`` follow /v1/events.
+
+    32 clients of one non-admin user submit; the streams are that user's, so each sees every event.
+    """
     d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n' + USERS)
     d.server_extra = SSE_LIMITS
     try:
@@ -197,32 +210,40 @@ def submissions_with_subscribers(tmp: Path, total: int, subscribers: int) -> flo
     except RuntimeError:  # a daemon without these [server] keys (the baseline commit)
         d.server_extra = ""
         d.start()
-    listeners = None
+    listeners, delivered = None, 0.0
     try:
         if subscribers:
-            listeners = subprocess.Popen([sys.executable, "-c", SUBSCRIBERS, str(d.port), TOKEN, str(subscribers)],
-                                         stdout=subprocess.PIPE, text=True)
+            listeners = subprocess.Popen([sys.executable, "-c", SUBSCRIBERS, str(d.port), TOKEN, str(subscribers),
+                                          str(total)], stdout=subprocess.PIPE, text=True)
             assert listeners.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
         secs, ok = asyncio.run(submit_many(d.port, total, 32, TOKEN))
+        if listeners is not None:
+            assert listeners.stdout.readline().strip() == "delivered"
+            delivered = time.perf_counter() - started
     finally:
         if listeners is not None:
             listeners.kill()
             listeners.wait()
         d.stop()
     assert ok == total, f"only {ok} of {total} answered 201"
-    return total / secs
+    return total / secs, delivered
 
 
 def bench_sse(tmp: Path, total: int, subscribers: int, runs: int) -> None:
     total -= total % 32
-    alone, followed = [], []
+    alone, followed, fanned = [], [], []
     for i in range(runs):
-        alone.append(submissions_with_subscribers(tmp / f"sse0-{i}", total, 0))
-        followed.append(submissions_with_subscribers(tmp / f"sse{subscribers}-{i}", total, subscribers))
+        alone.append(submissions_with_subscribers(tmp / f"sse0-{i}", total, 0)[0])
+        rate, delivered = submissions_with_subscribers(tmp / f"sse{subscribers}-{i}", total, subscribers)
+        followed.append(rate)
+        fanned.append(delivered)
     a, f = statistics.median(alone), statistics.median(followed)
     print(f"submissions/s, {total} per run, {runs} runs, one non-admin user: median {a:,.0f}/s with no "
           f"subscriber, {f:,.0f}/s with {subscribers} SSE subscribers (ratio {f / a:.2f}; "
-          f"runs {', '.join(f'{x:,.0f}' for x in alone)} / {', '.join(f'{x:,.0f}' for x in followed)})")
+          f"runs {', '.join(f'{x:,.0f}' for x in alone)} / {', '.join(f'{x:,.0f}' for x in followed)}); "
+          f"every event on every stream {statistics.median(fanned):.2f} s after the first submit "
+          f"(median; runs {', '.join(f'{x:.2f}' for x in fanned)})")
 
 
 def main() -> None:
@@ -234,12 +255,12 @@ def main() -> None:
         tmp = Path(tmp)
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
         if args.sse_only:
-            bench_sse(tmp, 320, 500, 1 if args.quick else 3)
+            bench_sse(tmp, 640, 500, 1 if args.quick else 3)
             return
         bench_throughput(tmp, 2000 if args.quick else 10000, 1 if args.quick else 3)
         bench_latency(tmp, 20 if args.quick else 100)
         bench_rss(tmp, 5000 if args.quick else 100_000)
-        bench_sse(tmp, 320, 500, 1 if args.quick else 3)
+        bench_sse(tmp, 640, 500, 1 if args.quick else 3)
 
 
 if __name__ == "__main__":

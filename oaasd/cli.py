@@ -31,6 +31,9 @@ class JsonFormatter(logging.Formatter):
 
 THIRD_PARTY_LEVEL = logging.WARNING  # asyncssh logs every channel at INFO: 4.8 MB in 6 minutes
 SHUTDOWN_GRACE_S = 3.0  # requests in flight at SIGTERM get this long, then are cancelled
+# An idle kept-alive connection (or one slow to send its next head) is closed after this;
+# long enough for clients that poll and reuse one connection (aiohttp's classic default).
+KEEPALIVE_S = 75.0
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
 
 
@@ -67,7 +70,7 @@ async def start_serving(app, settings):
     # lingering_time: after answering 413 to a body it did not read, aiohttp drains the
     # rest for this long; its 10 s default also held every shutdown that came after one.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0,
-                           keepalive_timeout=cfg.header_timeout_s, shutdown_timeout=SHUTDOWN_GRACE_S)
+                           keepalive_timeout=KEEPALIVE_S, shutdown_timeout=SHUTDOWN_GRACE_S)
     try:
         await runner.setup()  # starts the daemon: store opened, work recovered
         limits = listen.Limits(cfg.max_connections, cfg.max_connections_per_peer)

@@ -6,7 +6,7 @@ handlers sits a ``Guard`` that (1) refuses a connection beyond
 503 JSON answer before any handler exists for it, and (2) closes with a 408
 a connection whose first request head has not arrived within
 ``server.header_timeout_s`` (later heads on a kept-alive connection are
-bounded by aiohttp's keep-alive timeout, set to the same value). Body read
+bounded by aiohttp's keep-alive timeout, ``cli.KEEPALIVE_S``). Body read
 deadlines live where bodies are read (``api.read_body``).
 """
 

@@ -6,8 +6,10 @@
    transaction with the same synchronous setting, measured in the same run.
 2. Submit -> process start latency on an idle node (p50, p99).
 3. Daemon RSS with 100,000 pending tasks, live and after a restart.
+4. Submissions/s with 0 and with 500 SSE subscribers (``GET /v1/events`` of
+   a non-admin user, read by a separate process), same run, interleaved.
 
-    .venv/bin/python bench/bench_intake.py [--quick]
+    .venv/bin/python bench/bench_intake.py [--quick] [--sse-only]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,16 +162,105 @@ def bench_rss(tmp: Path, pending: int) -> None:
           f"({recover:.1f} s to healthy, {health['pending']:,} queued): {after:.0f} MB")
 
 
+SUBSCRIBERS = """
+import asyncio, sys
+async def one(port, token, ready, done, expected):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET /v1/events HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer {token}\\r\\n\\r\\n".encode())
+    head = await r.readuntil(b"\\r\\n\\r\\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    ready.append(1)
+    seen, tail = 0, b""
+    while chunk := await r.read(65536):
+        seen += (tail + chunk).count(b"event: state")
+        tail = chunk[-16:].rpartition(b"event: state")[2]  # never count one twice
+        if seen >= expected:
+            done.append(1)
+            break
+    while await r.read(65536):
+        pass
+async def main(port, token, n, expected):
+    ready, done = [], []
+    tasks = [asyncio.create_task(one(port, token, ready, done, expected)) for _ in range(n)]
+    while len(ready) < n:
+        await asyncio.sleep(0.05)
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()
+    print("ready", flush=True)
+    while len(done) < n:
+        await asyncio.sleep(0.01)
+    print("delivered", flush=True)
+    await asyncio.gather(*tasks)
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+SSE_LIMITS = ("max_subscribers = 2000\nmax_subscribers_per_user = 2000\nmax_connections = 4000\n"
+              "max_connections_per_peer = 4000\n")
+
+
+def submissions_with_subscribers(tmp: Path, total: int, subscribers: int) -> tuple[float, float]:
+    """(submissions/s, seconds until every stream had every event) while ``subscribers`` follow /v1/events.
+
+    32 clients of one non-admin user submit; the streams are that user's, so each sees every event.
+    """
+    d = Daemon(tmp, '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n' + USERS)
+    d.server_extra = SSE_LIMITS
+    try:
+        d.start()
+    except RuntimeError:  # a daemon without these [server] keys (the baseline commit)
+        d.server_extra = ""
+        d.start()
+    listeners, delivered = None, 0.0
+    try:
+        if subscribers:
+            listeners = subprocess.Popen([sys.executable, "-c", SUBSCRIBERS, str(d.port), TOKEN, str(subscribers),
+                                          str(total)], stdout=subprocess.PIPE, text=True)
+            assert listeners.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
+        secs, ok = asyncio.run(submit_many(d.port, total, 32, TOKEN))
+        if listeners is not None:
+            assert listeners.stdout.readline().strip() == "delivered"
+            delivered = time.perf_counter() - started
+    finally:
+        if listeners is not None:
+            listeners.kill()
+            listeners.wait()
+        d.stop()
+    assert ok == total, f"only {ok} of {total} answered 201"
+    return total / secs, delivered
+
+
+def bench_sse(tmp: Path, total: int, subscribers: int, runs: int) -> None:
+    total -= total % 32
+    alone, followed, fanned = [], [], []
+    for i in range(runs):
+        alone.append(submissions_with_subscribers(tmp / f"sse0-{i}", total, 0)[0])
+        rate, delivered = submissions_with_subscribers(tmp / f"sse{subscribers}-{i}", total, subscribers)
+        followed.append(rate)
+        fanned.append(delivered)
+    a, f = statistics.median(alone), statistics.median(followed)
+    print(f"submissions/s, {total} per run, {runs} runs, one non-admin user: median {a:,.0f}/s with no "
+          f"subscriber, {f:,.0f}/s with {subscribers} SSE subscribers (ratio {f / a:.2f}; "
+          f"runs {', '.join(f'{x:,.0f}' for x in alone)} / {', '.join(f'{x:,.0f}' for x in followed)}); "
+          f"every event on every stream {statistics.median(fanned):.2f} s after the first submit "
+          f"(median; runs {', '.join(f'{x:.2f}' for x in fanned)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--sse-only", action="store_true", help="only the SSE fan-out variant (4)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=REPO / "var" if (REPO / "var").is_dir() else None) as tmp:
         tmp = Path(tmp)
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+        if args.sse_only:
+            bench_sse(tmp, 640, 500, 1 if args.quick else 3)
+            return
         bench_throughput(tmp, 2000 if args.quick else 10000, 1 if args.quick else 3)
         bench_latency(tmp, 20 if args.quick else 100)
         bench_rss(tmp, 5000 if args.quick else 100_000)
+        bench_sse(tmp, 640, 500, 1 if args.quick else 3)
 
 
 if __name__ == "__main__":

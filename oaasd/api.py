@@ -12,8 +12,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from . import auth
-from .errors import (ConflictError, ForbiddenError, InvalidRequestError, OaasError, RateLimitedError, TooLargeError,
-                     ValidationFailedError, pydantic_detail)
+from .errors import (ConflictError, ForbiddenError, InvalidRequestError, OaasError, RateLimitedError,
+                     RequestTimeoutError, TooLargeError, ValidationFailedError, pydantic_detail)
 from .models import TaskSpec
 from .states import State
 
@@ -53,12 +53,18 @@ async def error_middleware(request: web.Request, handler):
 
 
 async def read_body(request: web.Request) -> bytes:
-    """Return the raw body, refusing oversized ones with 413."""
-    limit = request.app[DAEMON].settings.server.max_body_bytes
+    """Return the raw body, refusing oversized ones with 413 and slow ones with 408."""
+    server = request.app[DAEMON].settings.server
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"body of {request.content_length} bytes exceeds {limit}",
                             [{"field": "body", "problem": f"larger than {limit} bytes"}])
-    return await request.read()
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {server.body_timeout_s:g}s",
+                                  [{"field": "body", "problem": "sent too slowly"}]) from None
 
 
 def parse_model(model, body: bytes, **context):

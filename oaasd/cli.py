@@ -29,24 +29,69 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def setup_logging(fmt: str, level: str) -> None:
-    """Log to stderr, one line per event."""
+THIRD_PARTY_LEVEL = logging.WARNING  # asyncssh logs every channel at INFO: 4.8 MB in 6 minutes
+SHUTDOWN_GRACE_S = 3.0  # requests in flight at SIGTERM get this long, then are cancelled
+# An idle kept-alive connection (or one slow to send its next head) is closed after this;
+# long enough for clients that poll and reuse one connection (aiohttp's classic default).
+KEEPALIVE_S = 75.0
+EXIT_CONFIG, EXIT_STARTUP = 2, 3
+
+
+def setup_logging(fmt: str, level: str, levels: dict[str, str] | None = None) -> None:
+    """Log to stderr, one line per event: oaasd's loggers at ``level``, every other at WARNING.
+
+    ``levels`` sets single loggers by name (``{"asyncssh": "debug"}``), oaasd's own too.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.basicConfig(level=THIRD_PARTY_LEVEL, handlers=[handler], force=True)
+    logging.getLogger("oaasd").setLevel(level.upper())
+    for name, value in (levels or {}).items():
+        logging.getLogger(name).setLevel(value.upper())
+
+
+async def start_serving(app, settings):
+    """Lock the state dir, bind, start the daemon, accept connections; return the runner.
+
+    Each step fails with a StartupError naming its path or address, and undoes
+    the steps before it. The listener is bound before the store opens, so a
+    taken port stops the start before any work is recovered.
+    """
+    from aiohttp import web
+
+    from . import listen
+    from .api import DAEMON
+    cfg = settings.server
+    app[DAEMON].state_lock.acquire()
+    socks = listen.bind(cfg.host, cfg.port)
+    # lingering_time: after answering 413 to a body it did not read, aiohttp drains the
+    # rest for this long; its 10 s default also held every shutdown that came after one.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0,
+                           keepalive_timeout=KEEPALIVE_S, shutdown_timeout=SHUTDOWN_GRACE_S)
+    try:
+        await runner.setup()  # starts the daemon: store opened, work recovered
+        limits = listen.Limits(cfg.max_connections, cfg.max_connections_per_peer)
+        for sock in socks:
+            await listen.GuardedSite(runner, sock, limits, cfg.header_timeout_s).start()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        await runner.cleanup()
+        app[DAEMON].state_lock.release()
+        raise
+    return runner
 
 
 async def serve(settings, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (0) or a fatal loop error (1); SIGHUP reloads."""
     import threadpoolctl
-    from aiohttp import web
 
     from .api import DAEMON
     from .daemon import create_app
+    from .errors import StartupError
     from .notify import SystemdNotifier
     from .reload import reload_file
     app = create_app(settings)
@@ -55,12 +100,12 @@ async def serve(settings, config_path: str | None = None) -> int:
     # per GP fit runs 3-6x faster on a busy head node and leaves a core to the loop.
     threadpoolctl.threadpool_limits(1, user_api="blas")
     notifier = SystemdNotifier()
-    # lingering_time: after answering 413 to a body it did not read, aiohttp drains the
-    # rest for this long; its 10 s default also held every shutdown that came after one.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0)
-    await runner.setup()  # starts the daemon: store opened, work recovered
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
-    await site.start()
+    try:
+        runner = await start_serving(app, settings)
+    except StartupError:
+        raise
+    except Exception as exc:  # a bug on the way up: still one line, the traceback at debug level
+        raise StartupError(f"start-up failed: {type(exc).__name__}: {exc}") from exc
     log = logging.getLogger("oaasd")
     log.info("listening on http://%s (state in %s)", settings.server.listen, daemon.state_dir)
     notifier.send("READY=1", f"STATUS={daemon.status_line()}", f"MAINPID={os.getpid()}")
@@ -84,7 +129,7 @@ async def serve(settings, config_path: str | None = None) -> int:
     log.info("shutting down; running tasks are left to be re-adopted")
     started = time.monotonic()
     await runner.cleanup()
-    logging.getLogger("oaasd").info("stopped in %.2fs", time.monotonic() - started)
+    log.info("stopped in %.2fs", time.monotonic() - started)
     return 1 if daemon.fatal_reason else 0
 
 
@@ -98,16 +143,28 @@ def run_loop(main_coro, kind: str = "uvloop") -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``oaasd serve``: load the settings and run the daemon until stopped."""
+    """``oaasd serve``: load the settings and run the daemon until stopped.
+
+    A start-up failure is one log line naming the cause and exit code 3 (2 for a
+    config error), never a traceback (``--log-level debug`` adds it for a bug).
+    """
     from .config import load_settings
-    from .errors import ConfigError
+    from .errors import ConfigError, StartupError
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"oaasd: config error: {exc.message}", file=sys.stderr)
-        return 2
-    setup_logging(args.log_format or settings.server.log_format, args.log_level)
-    return run_loop(serve(settings, args.config), settings.server.event_loop)
+        return EXIT_CONFIG
+    cfg = settings.server
+    setup_logging(args.log_format or cfg.log_format, args.log_level or cfg.log_level, cfg.log_levels)
+    log = logging.getLogger("oaasd")
+    try:
+        return run_loop(serve(settings, args.config), cfg.event_loop)
+    except StartupError as exc:
+        if exc.__cause__ is not None:
+            log.debug("start-up failed", exc_info=exc.__cause__)
+        log.critical("%s", exc.message)
+        return EXIT_STARTUP
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -145,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the daemon in the foreground")
     p_serve.add_argument("--config", help="path to oaasd.toml (default: embedded defaults)")
     p_serve.add_argument("--log-format", choices=("text", "json"))
-    p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument("--log-level", default=None, help="oaasd's own log level (default: server.log_level)")
     p_serve.set_defaults(func=cmd_serve)
     p_token = sub.add_parser("token", help="make an API token or hash one for [[users]] token_sha256")
     p_token.add_argument("action", choices=("new", "hash"))

@@ -22,6 +22,9 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CAPS_NEEDED = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
 
 
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
 class Section(BaseModel):
     """A config table: unknown keys are errors that name the key."""
 
@@ -37,7 +40,18 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     kill_grace_s: float = Field(5.0, ge=0)
     log_format: Literal["text", "json"] = "text"
+    log_level: LogLevel = Field("info", description="oaasd's own loggers; the CLI's --log-level overrides it")
+    log_levels: dict[str, LogLevel] = Field(
+        default_factory=dict, description="per logger, e.g. {asyncssh = \"debug\"}; others stay at warning")
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this")
+    max_connections: int = Field(1024, ge=1, description="open HTTP connections in all")
+    max_connections_per_peer: int = Field(64, ge=1, description="open HTTP connections from one address")
+    max_subscribers: int = Field(512, ge=0, description="open event streams in all")
+    max_subscribers_per_user: int = Field(32, ge=0, description="open event streams of one user")
+    event_write_timeout_s: float = Field(10.0, gt=0, description="an event stream whose client reads "
+                                         "nothing for this long is closed")
 
     @field_validator("listen")
     @classmethod

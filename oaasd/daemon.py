@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from .auth import Users
 from .callbacks import Callbacks
 from .cluster import Cluster
 from .config import Settings
-from .errors import ConflictError, StorageFullError, UnsatisfiableError
+from .errors import ConflictError, StartupError, StorageFullError, UnsatisfiableError
 from .events import EventHub
 from .health import HealthLoop
 from .launchers import build_launchers, launcher_kind, node_conn
@@ -25,6 +26,7 @@ from .metrics import Metrics
 from .models import TaskSpec
 from .runner import Runner
 from .scheduler import Scheduler
+from .statelock import StateLock
 from .states import Reason, State, is_final
 from .store import NewTask, Store
 from .pipelines import Pipelines
@@ -41,6 +43,7 @@ class Daemon:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.state_dir = Path(settings.server.state_dir).absolute()
+        self.state_lock = StateLock(self.state_dir)
         self.store = Store(self.state_dir / "oaasd.sqlite3", settings.server.synchronous)
         self.events = EventHub()
         self.metrics = Metrics()
@@ -60,9 +63,10 @@ class Daemon:
 
     # ---- life cycle -------------------------------------------------
     async def start(self) -> None:
-        """Open the store, recover running and pending work, start the loops."""
+        """Lock the state dir, open the store, recover running and pending work, start the loops."""
+        self.state_lock.acquire()  # before anything touches the dir: one daemon per state dir
         (self.state_dir / "attempts").mkdir(parents=True, exist_ok=True)
-        await self.store.open()
+        await self.open_store()
         self.cluster.load_stored(await self.store.load_nodes())
         for node in self.cluster.nodes.values():
             self.node_added(node)
@@ -74,8 +78,15 @@ class Daemon:
             task.add_done_callback(self._loop_died)
         self.scheduler.wake()
 
+    async def open_store(self) -> None:
+        """Open the store; a database SQLite cannot read is a StartupError naming the file."""
+        try:
+            await self.store.open()
+        except sqlite3.Error as exc:
+            raise StartupError(f"database {self.store.path} cannot be opened: {exc}") from None
+
     async def stop(self) -> None:
-        """Stop the loops, leaving running processes to be re-adopted."""
+        """Stop the loops, leaving running processes to be re-adopted (also after a failed start)."""
         for task in self._loops:
             task.remove_done_callback(self._loop_died)
             task.cancel()
@@ -87,6 +98,7 @@ class Daemon:
         for launcher in self.launchers.values():
             await launcher.close()
         await self.store.close()
+        self.state_lock.release()
 
     def _loop_died(self, task: asyncio.Task) -> None:
         if not task.cancelled():
@@ -137,7 +149,7 @@ class Daemon:
     def queued(self, task_id: int, task: NewTask, request: pl.Request) -> None:
         """A task just committed PENDING (a submission or a tuning's trial) joins the queue."""
         self.scheduler.add(task_id, task.priority, task.submitted_at, request)
-        self.events.publish({"type": "state", "task_id": task_id, "old": None,
+        self.events.publish({"type": "state", "task_id": task_id, "user": task.user, "old": None,
                              "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
 
     async def cancel(self, task_id: int, reason: str = Reason.CANCELLED_BY_USER) -> bool:
@@ -312,7 +324,14 @@ def _attempt_view(a: dict[str, Any]) -> dict[str, Any]:
 async def _daemon_ctx(app: web.Application):
     from .api import DAEMON
     daemon = app[DAEMON]
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:
+        try:  # what did start is stopped: no store thread keeps the process alive
+            await daemon.stop()
+        except Exception:
+            log.debug("stop after a failed start", exc_info=True)
+        raise
     yield
     await daemon.stop()
 

@@ -86,6 +86,13 @@ class TooLargeError(OaasError):
     reason = "TooLarge"
 
 
+class RequestTimeoutError(OaasError):
+    """The client did not send its request body in time (``server.body_timeout_s``)."""
+
+    status = 408
+    reason = "RequestTimeout"
+
+
 class RateLimitedError(OaasError):
     """The user exceeded a configured limit."""
 
@@ -111,6 +118,16 @@ class StorageFullError(OaasError):
         super().__init__(message, detail or [{"field": "storage", "problem": "state disk full (ENOSPC)"}])
 
 
+class OverloadedError(OaasError):
+    """The daemon is at a configured cap (e.g. open event streams); retry later."""
+
+    status = 503
+    reason = "Overloaded"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class IllegalTransitionError(OaasError):
     """A state change the transition table forbids: a bug, never user input."""
 
@@ -122,6 +139,12 @@ class ConfigError(OaasError):
     """The configuration file is invalid; names the key."""
 
     reason = "ConfigError"
+
+
+class StartupError(OaasError):
+    """The daemon cannot start (port, state dir, database, lock); names the address or path."""
+
+    reason = "StartupError"
 
 
 def pydantic_detail(exc: Any) -> list[dict[str, Any]]:

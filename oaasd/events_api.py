@@ -6,8 +6,14 @@ replays one task's stored history first, then follows it live and ends after
 its final state. Each event is ``id:`` (the hub's sequence number),
 ``event:`` (its type) and one ``data:`` line of JSON; a comment line keeps
 idle streams alive. A stream ends when the client leaves (seen at the next
-write), when it falls too far behind (``event: overflow``) or when the
-daemon stops.
+write), when it falls too far behind (``event: overflow``), when one write
+waits longer than ``server.event_write_timeout_s`` (a client that stopped
+reading) or when the daemon stops. Streams are capped per user
+(``server.max_subscribers_per_user``, 429) and in all
+(``server.max_subscribers``, 503). Everything queued for a stream is
+written in one go, and an event's owner is read once however many streams
+ask (non-admin streams only), so fan-out costs the intake path nothing but
+a list append per subscriber.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from aiohttp import web
 
 from . import auth
 from .api import DAEMON, int_param
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, OverloadedError, RateLimitedError
 from .events import Event, Subscription
 from .states import is_final
 
@@ -36,38 +42,88 @@ OWNER_SQL = {"task_id": "SELECT user FROM tasks WHERE id=?", "tuning_id": "SELEC
 
 
 class Owners:
-    """Who owns the task or tuning an event is about, cached (asked for non-admin streams only)."""
+    """Who owns the task or tuning an event is about, cached (asked for non-admin streams only).
+
+    The cache holds futures: the many streams that see a new task's first
+    event at once share one read instead of one read each.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, int], str | None] = {}
+        self._cache: dict[tuple[str, int], asyncio.Future] = {}
 
     async def of(self, d: "Daemon", event: Event) -> str | None:
         """The owning user of ``event``'s task or tuning; None when it names neither."""
         for key, sql in OWNER_SQL.items():
             if key in event:
                 ident = (key, event[key])
-                if ident not in self._cache:
+                found = self._cache.get(ident)
+                if found is None and "user" in event:  # a new task's first event names its owner
+                    found = self._cache[ident] = asyncio.get_running_loop().create_future()
+                    found.set_result(event["user"])
+                if found is None:
                     if len(self._cache) >= OWNERS_CACHED:
                         self._cache.clear()
-                    rows = await d.store.rows(sql, (event[key],))
-                    self._cache[ident] = rows[0][0] if rows else None
-                return self._cache[ident]
+                    found = self._cache[ident] = asyncio.ensure_future(self._read(d, sql, event[key]))
+                    found.add_done_callback(lambda f, ident=ident: self._forget_failed(ident, f))
+                if found.done():  # the common case: no await, no new future per stream and event
+                    return found.result()
+                return await asyncio.shield(found)
         return None
+
+    def _forget_failed(self, ident: tuple[str, int], found: asyncio.Future) -> None:
+        if found.cancelled() or found.exception() is not None:  # the next event asks again
+            self._cache.pop(ident, None)
+
+    @staticmethod
+    async def _read(d: "Daemon", sql: str, ident: int) -> str | None:
+        rows = await d.store.rows(sql, (ident,))
+        return rows[0][0] if rows else None
 
 
 OWNERS: web.AppKey[Owners] = web.AppKey("event_owners", Owners)
 
 
 def setup(app: web.Application) -> None:
-    """Add the event routes and their owner cache to the app."""
+    """Add the event routes and their owner cache to the app; shutdown ends every stream."""
     app[OWNERS] = Owners()
     app.add_routes(routes)
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[DAEMON].events.close_all()
+
+
+def subscribe(request: web.Request, accept: Callable[[Event], bool]) -> Subscription:
+    """A subscription for the caller, refused past the per-user (429) or total (503) cap."""
+    d = request.app[DAEMON]
+    cfg = d.settings.server
+    who = auth.caller(request).name
+    if d.events.subscribers >= cfg.max_subscribers:
+        raise OverloadedError(f"{d.events.subscribers} event streams are open; retry later",
+                              [{"field": "server.max_subscribers", "problem": f"at most {cfg.max_subscribers}"}])
+    if d.events.subscribers_of(who) >= cfg.max_subscribers_per_user:
+        raise RateLimitedError(f"user {who} has {d.events.subscribers_of(who)} event streams open", 5.0,
+                               [{"field": "server.max_subscribers_per_user",
+                                 "problem": f"at most {cfg.max_subscribers_per_user} per user"}])
+    return d.events.subscribe(accept, owner=who)
+
+
+_FORMATTED: dict[int, bytes] = {}  # live events by seq: formatted once, however many streams send them
 
 
 def format_event(event: Event) -> bytes:
     """One SSE message: ``id:`` when the event has a sequence number, ``event:``, ``data:``."""
+    live = "seq" in event and event["type"] != "overflow" and not event.get("replay")
+    if live and (done := _FORMATTED.get(event["seq"])) is not None:
+        return done
     head = f"id: {event['seq']}\n" if "seq" in event else ""
-    return f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    text = f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    if live:
+        if len(_FORMATTED) >= 4096:
+            _FORMATTED.clear()
+        _FORMATTED[event["seq"]] = text
+    return text
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:
@@ -78,37 +134,62 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def pump(d: "Daemon", resp: web.StreamResponse, sub: Subscription,
-               send: Callable[[Event], Awaitable[bool]], last: Callable[[Event], bool]) -> None:
-    """Write the events ``send`` keeps until ``last`` says so, an overflow, or the daemon stops.
+async def write(request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+    """One write, bounded in time: a client that stopped reading is cut off (ConnectionError).
 
-    A client that left raises ConnectionError at the next write (an event or
-    the keep-alive comment).
+    A write that leaves the transport's buffer under its high-water mark cannot
+    block, so only the others pay for a timer.
     """
-    stopping = asyncio.ensure_future(d.stopped.wait())
-    getter: asyncio.Future | None = None
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(data) < _high_water(transport):
+        await resp.write(data)
+        return
     try:
-        while True:
-            getter = asyncio.ensure_future(sub.get())
-            await asyncio.wait({getter, stopping}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                if stopping.done():
-                    return
-                await resp.write(b": keep-alive\n\n")
+        async with asyncio.timeout(request.app[DAEMON].settings.server.event_write_timeout_s):
+            await resp.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()  # its unsent buffer is dropped, not kept for ever
+        raise ConnectionResetError("event stream client stopped reading") from None
+
+
+def _high_water(transport: asyncio.BaseTransport) -> int:
+    try:
+        return transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return 0  # unknown: always bounded
+
+
+async def pump(request: web.Request, resp: web.StreamResponse, sub: Subscription,
+               send: Callable[[Event], Awaitable[bool]], last: Callable[[Event], bool]) -> None:
+    """Write the events ``send`` keeps until ``last`` says so, an overflow, or the hub closes.
+
+    Every event queued meanwhile goes out in one write. A client that left
+    raises ConnectionError at the next write (an event or the keep-alive comment).
+    """
+    while True:
+        events = sub.take()
+        if not events and not sub.closed:
+            try:  # a timer only when the stream has to wait
+                async with asyncio.timeout(KEEPALIVE_S):
+                    events = await sub.batch()
+            except TimeoutError:
+                await write(request, resp, b": keep-alive\n\n")
                 continue
-            event = getter.result()
-            if event["type"] == "overflow":
-                await resp.write(format_event(event))
-                return
-            if await send(event):
-                await resp.write(format_event(event))
-                if last(event):
-                    return
-    finally:
-        stopping.cancel()
-        if getter is not None:
-            getter.cancel()
+        if not events:
+            return  # closed: the daemon is stopping
+        out, done = [], False
+        for event in events:
+            done = event["type"] == "overflow"
+            if done or await send(event):
+                out.append(format_event(event))
+                done = done or last(event)
+            if done:
+                break
+        if out:
+            await write(request, resp, b"".join(out))
+        if done:
+            return
 
 
 def parse_types(request: web.Request) -> frozenset[str]:
@@ -151,10 +232,10 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     def accept(event: Event) -> bool:
         return event["type"] in types and (task_id is None or event.get("task_id") == task_id)
 
-    with d.events.subscribe(accept) as sub:
+    with subscribe(request, accept) as sub:
         resp = await open_stream(request)
         try:
-            await pump(d, resp, sub, visible, lambda event: False)
+            await pump(request, resp, sub, visible, lambda event: False)
         except ConnectionError:
             return resp
     return await finish(resp)
@@ -167,15 +248,15 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     task_id = int_param(request, "id", lo=1)
     auth.require_owner(request, (await d.store.get_task(task_id))["user"], f"task {task_id}")
     # Subscribe before reading the history: nothing committed in between is missed.
-    with d.events.subscribe(lambda event: event.get("task_id") == task_id) as sub:
+    with subscribe(request, lambda event: event.get("task_id") == task_id) as sub:
         history = await d.store.task_events(task_id)
         row = await d.store.get_task(task_id)  # read after the history: its result is at least as new
         resp = await open_stream(request)
         try:
             for event in replay(task_id, history, row):
-                await resp.write(format_event(event))
+                await write(request, resp, format_event(event))
             if not is_final(history[-1]["new"]):
-                await pump(d, resp, sub, live_after(history[-1]["new"]), is_final_state)
+                await pump(request, resp, sub, live_after(history[-1]["new"]), is_final_state)
         except ConnectionError:
             return resp
     return await finish(resp)

@@ -41,7 +41,7 @@ from typing import Any, Awaitable, Callable
 
 import aiosqlite
 
-from .errors import ConflictError, NotFoundError, StorageFullError
+from .errors import ConflictError, NotFoundError, StartupError, StorageFullError
 from .schema import MIGRATIONS
 from .states import Reason, State, check_transition
 
@@ -133,6 +133,9 @@ class Store:
     async def _migrate(self) -> None:
         db = self._writer
         (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
+        if version > len(MIGRATIONS):
+            raise StartupError(f"database {self.path} has schema version {version}, newer than this "
+                               f"oaasd's {len(MIGRATIONS)}: run the oaasd that wrote it, or a newer one")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
             log.info("store migrated to schema version %d", number)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from realnodes import node_toml, wait_node_state
+from realnodes import node_toml, ssh_nodes, wait_node_state  # noqa: F401  (fixture)
 
 THIRD_PARTY_INFO = re.compile(r" INFO (asyncssh|aiohttp|aiosqlite)[.:]")
 

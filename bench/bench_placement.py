@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaasd import placement as pl  # noqa: E402
+from oaasd.core.placement import place as pl  # noqa: E402
 
 CORES = np.array([4, 8, 16, 32, 64])
 GB_PER_CORE = np.array([2000, 4000, 8000])

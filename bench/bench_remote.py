@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import realnodes  # noqa: E402
+
 from oaasd.launchers.pool import SshOptions  # noqa: E402
 from oaasd.launchers.ssh import SshLauncher, new_tag, remote_command, remote_dir  # noqa: E402
 from oaasd.launchers.wrap import wrap_argv  # noqa: E402
-from oaasd.seams import Host, LaunchJob  # noqa: E402
+from oaasd.ports import Host, LaunchJob  # noqa: E402
 
 TASK = ["/bin/date", "+%s.%N"]
 

@@ -62,8 +62,8 @@ async def start_serving(app, settings):
     """
     from aiohttp import web
 
-    from . import listen
-    from .api import DAEMON
+    from oaasd.http import listen
+    from oaasd.http.tasks import DAEMON
     cfg = settings.server
     app[DAEMON].state_lock.acquire()
     socks = listen.bind(cfg.host, cfg.port)
@@ -89,11 +89,11 @@ async def serve(settings, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (0) or a fatal loop error (1); SIGHUP reloads."""
     import threadpoolctl
 
-    from .api import DAEMON
-    from .daemon import create_app
-    from .errors import StartupError
-    from .notify import SystemdNotifier
-    from .reload import reload_file
+    from oaasd.errors import StartupError
+    from oaasd.http.tasks import DAEMON
+    from oaasd.service.daemon import create_app
+    from oaasd.service.notify import SystemdNotifier
+    from oaasd.service.reload import reload_file
     app = create_app(settings)
     daemon = app[DAEMON]
     # BLAS in this process only (tasks keep their own environment): one thread
@@ -148,8 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     A start-up failure is one log line naming the cause and exit code 3 (2 for a
     config error), never a traceback (``--log-level debug`` adds it for a bug).
     """
-    from .config import load_settings
-    from .errors import ConfigError, StartupError
+    from oaasd.config import load_settings
+    from oaasd.errors import ConfigError, StartupError
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """``oaasd token new|hash``: make a token, or print the hash a [[users]] entry stores."""
-    from .auth import new_token, token_hash
+    from oaasd.service.auth import new_token, token_hash
     if args.action == "new":
         token = new_token()
         print(f"token:        {token}\ntoken_sha256: {token_hash(token)}")
@@ -194,7 +194,9 @@ def version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: each sub-command sets ``func``."""
-    from . import client_cli  # submit, status, logs, cancel, wait, nodes, drain, resume
+    from oaasd.client import (
+        commands as client_cli,  # submit, status, logs, cancel, wait, nodes, drain, resume
+    )
     parser = argparse.ArgumentParser(prog="oaasd", description="Optimization as a Service daemon")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     client_cli.add_connection_options(parser)  # also accepted after the sub-command

@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import ConfigError
+from oaasd.errors import ConfigError
 
 UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"  # a portable Unix account name (useradd's default rule)
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"

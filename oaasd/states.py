@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from .errors import IllegalTransitionError
+from oaasd.errors import IllegalTransitionError
 
 
 class State(StrEnum):

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from aiohttp import web
-
 from conftest import free_port
 from test_metrics import metric, scrape, waiting_task
 

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from oaasd.client_cli import progress_of
 from conftest import free_port
+
+from oaasd.client.commands import progress_of
 
 SCRIPT = Path(sys.executable).parent / "oaasd"
 PY = sys.executable

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from oaasd.cluster import NODE_STATES
 from oaasd.config import Settings
-from oaasd.openapi import OPERATIONS
+from oaasd.http.openapi import OPERATIONS
+from oaasd.service.cluster import NODE_STATES
 from oaasd.states import Reason, State
 
 REPO = Path(__file__).resolve().parent.parent

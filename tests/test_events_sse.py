@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-
-from oaasd.events import EventHub
 from test_metrics import metric, scrape, waiting_task
+
+from oaasd.service.events import EventHub
 
 PY = sys.executable
 REPORTING = ("import json\n"

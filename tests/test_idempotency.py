@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from oaasd.auth import token_hash
-from oaasd.schema import MIGRATIONS
+from oaasd.service.auth import token_hash
 from oaasd.states import Reason, State
-from oaasd.store import NewTask, Store
+from oaasd.store.db import NewTask, Store
+from oaasd.store.schema import MIGRATIONS
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 USERS = "".join(f'[[users]]\nname = "{n}"\nrole = "user"\ntoken_sha256 = "{token_hash(t)}"\n\n'

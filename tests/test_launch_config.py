@@ -94,7 +94,7 @@ async def test_mpi_gang_is_refused_on_a_shared_daemon(tmp_path):
     from oaasd.launchers.accounts import AccountError, Accounts
     from oaasd.launchers.local import LocalLauncher
     from oaasd.launchers.mpi import MpiLauncher
-    from oaasd.seams import Host, LaunchJob
+    from oaasd.ports import Host, LaunchJob
 
     shared = Accounts(users=lambda: [UserConfig(name="alice", token_sha256=TOKEN)])
     launcher = MpiLauncher({}, local=LocalLauncher(shared))

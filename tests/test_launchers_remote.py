@@ -28,7 +28,7 @@ from oaasd.errors import ValidationFailedError
 from oaasd.launchers.mpi import MpiLauncher, MpiOptions
 from oaasd.launchers.pool import NodeError, SshOptions, SshPool
 from oaasd.launchers.ssh import SshLauncher
-from oaasd.seams import Host, LaunchJob, Locator
+from oaasd.ports import Host, LaunchJob, Locator
 
 pytestmark = pytest.mark.skipif(missing_components() is not None, reason=str(missing_components()))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from conftest import wait_file
 
 TWO = ('[[nodes]]\nname = "n1"\ncpus = 1\nmemory_mb = 1000\nlabels = { arch = "a" }\n'

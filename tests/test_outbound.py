@@ -16,7 +16,15 @@ from yarl import URL
 
 from oaasd.config import OutboundConfig, Settings
 from oaasd.errors import ValidationFailedError
-from oaasd.outbound import Client, DeniedError, OutboundError, Policy, PolicyResolver, own_addresses, privileged
+from oaasd.service.outbound import (
+    Client,
+    DeniedError,
+    OutboundError,
+    Policy,
+    PolicyResolver,
+    own_addresses,
+    privileged,
+)
 
 OWN = "203.0.113.5"  # the daemon's listen address in these tables
 

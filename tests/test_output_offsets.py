@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from oaasd.schema import MIGRATIONS
-from oaasd.store import Store
+from oaasd.store.db import Store
+from oaasd.store.schema import MIGRATIONS
 
 
 async def test_an_attempt_running_across_the_upgrade_keeps_its_metric_count(tmp_path):

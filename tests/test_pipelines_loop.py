@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
 from conftest import free_port
-from oaasd.auth import token_hash
+
+from oaasd.service.auth import token_hash
 
 INTERVAL = 0.2
 # At 10 requests/s: detect heavy b1 x1, classify x1; at 100: heavy b4 x3, classify x2;

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from oaasd import placement as pl
-from oaasd import scoring as sc
-from oaasd.placement import Placement, Refusal, Request, Shortfall
+from oaasd.core.placement import place as pl
+from oaasd.core.placement import scoring as sc
+from oaasd.core.placement.place import Placement, Refusal, Request, Shortfall
 
 
 def table_of(*specs: dict) -> pl.NodeTable:

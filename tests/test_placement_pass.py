@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oaasd import placement as pl
-from oaasd import scoring as sc
+from oaasd.core.placement import place as pl
+from oaasd.core.placement import scoring as sc
 
 
 def _table(rng: np.random.Generator, n: int) -> pl.NodeTable:

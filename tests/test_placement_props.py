@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oaasd import placement as pl
-from oaasd import scoring as sc
-from oaasd.placement import Placement, Refusal, Request
+from oaasd.core.placement import place as pl
+from oaasd.core.placement import scoring as sc
+from oaasd.core.placement.place import Placement, Refusal, Request
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FITS = st.sampled_from(sorted(pl.SCORERS))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from oaasd.pools import Pool, PoolTimeoutError
+from oaasd.service.pools import Pool, PoolTimeoutError
 
 
 async def test_a_blocked_pool_holds_no_other_and_gives_up_on_time():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from oaasd.protocol import LineTail, Report, parse_line
+from oaasd.launchers.protocol import LineTail, Report, parse_line
 
 
 def reference(data: bytes, max_line: int) -> list[bytes]:

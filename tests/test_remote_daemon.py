@@ -7,7 +7,6 @@ import signal
 import time
 
 import pytest
-
 from realnodes import node_toml, ssh_nodes, wait_node_state  # noqa: F401  (fixture)
 
 RESULT_NODE = 'echo "OAAS_RESULT {\\"node\\": \\"$OAAS_NODE\\", \\"marker\\": \\"$OAAS_TEST_NODE\\"}"\n'

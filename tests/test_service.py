@@ -10,8 +10,7 @@ import sys
 import time
 import uuid
 
-
-from oaasd.auth import token_hash
+from oaasd.service.auth import token_hash
 from tests.conftest import REPO
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789", "root": "root-token-0123456789"}

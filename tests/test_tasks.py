@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import pid_alive, wait_file
 
 PY = sys.executable

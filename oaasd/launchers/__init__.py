@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from ..config import NodeConfig, Settings
-from ..seams import Launcher
-from .accounts import Accounts, closed_ancestor
-from .local import LocalLauncher
-from .mpi import MpiLauncher, MpiOptions
-from .pool import NodeConn, SshOptions, SshPool
-from .ssh import SshLauncher
+from oaasd.config import NodeConfig, Settings
+from oaasd.launchers.accounts import Accounts, closed_ancestor
+from oaasd.launchers.local import LocalLauncher
+from oaasd.launchers.mpi import MpiLauncher, MpiOptions
+from oaasd.launchers.pool import NodeConn, SshOptions, SshPool
+from oaasd.launchers.ssh import SshLauncher
+from oaasd.ports import Launcher
 
 log = logging.getLogger("oaasd")
 

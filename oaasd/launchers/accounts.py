@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..config import UNIX_NAME, LaunchConfig, UserConfig
-from ..errors import OaasError
+from oaasd.config import UNIX_NAME, LaunchConfig, UserConfig
+from oaasd.errors import OaasError
 
 
 class AccountError(OaasError):

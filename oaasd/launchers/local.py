@@ -21,9 +21,9 @@ import subprocess
 
 import psutil
 
-from ..seams import Exit, LaunchJob, Locator
-from .accounts import Accounts, RunAs, give_attempt_dir
-from .wrap import exit_from_status, read_exit_file, wrap_argv
+from oaasd.launchers.accounts import Accounts, RunAs, give_attempt_dir
+from oaasd.launchers.wrap import exit_from_status, read_exit_file, wrap_argv
+from oaasd.ports import Exit, LaunchJob, Locator
 
 TASK_UMASK = 0o022  # what a login gives: the task's files readable, not writable, by others
 

@@ -35,11 +35,23 @@ from typing import Mapping, Sequence
 
 import psutil
 
-from ..seams import Exit, LaunchJob, Locator
-from .accounts import AccountError
-from .local import EndedHandle, LocalHandle, LocalLauncher, kill_group, wait_pidfd
-from .pool import NodeConn, NodeError, SshOptions, SshPool
-from .ssh import FETCH_MARK, env_pairs, new_tag, remote_command, remote_dir
+from oaasd.launchers.accounts import AccountError
+from oaasd.launchers.local import (
+    EndedHandle,
+    LocalHandle,
+    LocalLauncher,
+    kill_group,
+    wait_pidfd,
+)
+from oaasd.launchers.pool import NodeConn, NodeError, SshOptions, SshPool
+from oaasd.launchers.ssh import (
+    FETCH_MARK,
+    env_pairs,
+    new_tag,
+    remote_command,
+    remote_dir,
+)
+from oaasd.ports import Exit, LaunchJob, Locator
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Mapping
 
 import asyncssh
 
-from ..errors import OaasError
+from oaasd.errors import OaasError
 
 log = logging.getLogger(__name__)
 

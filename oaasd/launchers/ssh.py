@@ -41,12 +41,20 @@ from typing import Mapping
 
 import asyncssh
 
-from ..config import UNIX_NAME
-from ..errors import ValidationFailedError
-from ..seams import Exit, LaunchJob, Locator
-from .accounts import AccountError, Accounts
-from .pool import CHANNEL_REFUSED, CONNECTION_LOST, UNKNOWN_NODE, NodeConn, NodeError, SshOptions, SshPool
-from .wrap import exit_from_record, wrap_argv
+from oaasd.config import UNIX_NAME
+from oaasd.errors import ValidationFailedError
+from oaasd.launchers.accounts import AccountError, Accounts
+from oaasd.launchers.pool import (
+    CHANNEL_REFUSED,
+    CONNECTION_LOST,
+    UNKNOWN_NODE,
+    NodeConn,
+    NodeError,
+    SshOptions,
+    SshPool,
+)
+from oaasd.launchers.wrap import exit_from_record, wrap_argv
+from oaasd.ports import Exit, LaunchJob, Locator
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import signal as _signal
 from pathlib import Path
 
-from ..seams import Exit
-from ..states import Reason
+from oaasd.ports import Exit
+from oaasd.states import Reason
 
 BAD_WORKDIR = "workdir"  # the exit record of a task that could not enter its workdir
 BAD_WORKDIR_STATUS = 125  # the wrapper's status then (the record is what counts)

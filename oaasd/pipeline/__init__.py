@@ -11,8 +11,8 @@ simulator and the benchmarks all call these.
   :func:`replay` the same over a recorded series.
 """
 
-from .adapt import Outcome, ReplayStep, decide, outcome_at, plan, replay
-from .model import (
+from oaasd.pipeline.adapt import Outcome, ReplayStep, decide, outcome_at, plan, replay
+from oaasd.pipeline.model import (
     Decision,
     InfeasibleReason,
     Pipeline,
@@ -22,7 +22,7 @@ from .model import (
     StageDecision,
     Variant,
 )
-from .predictors import (
+from oaasd.pipeline.predictors import (
     HoltPredictor,
     LastValuePredictor,
     Predictor,
@@ -31,7 +31,7 @@ from .predictors import (
     WindowMaxPredictor,
     backtest,
 )
-from .solver import solve, solve_exhaustive, solve_greedy, solve_request
+from oaasd.pipeline.solver import solve, solve_exhaustive, solve_greedy, solve_request
 
 __all__ = [
     "Decision",

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import OaasError
-from ..models import Resources, TaskSpec
+from oaasd.errors import OaasError
+from oaasd.models import Resources, TaskSpec
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
-    from ..store import Store
+    from oaasd.service.daemon import Daemon
+    from oaasd.store.db import Store
 
 log = logging.getLogger("oaasd.pipelines")
 

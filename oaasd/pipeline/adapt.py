@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from .model import Decision, Pipeline
-from .options import batch_wait_ms
-from .predictors import Predictor
-from .solver import solve
+from oaasd.pipeline.model import Decision, Pipeline
+from oaasd.pipeline.options import batch_wait_ms
+from oaasd.pipeline.predictors import Predictor
+from oaasd.pipeline.solver import solve
 
 Solver = Callable[..., Decision]  # solve, solve_greedy: (pipeline, load, fill_load_rps=)
 

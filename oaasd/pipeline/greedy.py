@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import Decision, Pipeline
-from .options import (
+from oaasd.pipeline.model import Decision, Pipeline
+from oaasd.pipeline.options import (
     StageOptions,
     accumulator,
     admissible,

@@ -38,7 +38,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .model import Decision, InfeasibleReason, Pipeline, SolveMethod, StageDecision
+from oaasd.pipeline.model import (
+    Decision,
+    InfeasibleReason,
+    Pipeline,
+    SolveMethod,
+    StageDecision,
+)
 
 
 @dataclass(frozen=True)

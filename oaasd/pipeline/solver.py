@@ -31,9 +31,9 @@ import itertools
 
 import numpy as np
 
-from .greedy import greedy_choice, solve_greedy
-from .model import Decision, Pipeline, SolveRequest
-from .options import (
+from oaasd.pipeline.greedy import greedy_choice, solve_greedy
+from oaasd.pipeline.model import Decision, Pipeline, SolveRequest
+from oaasd.pipeline.options import (
     StageOptions,
     accumulator,
     admissible,
@@ -45,7 +45,7 @@ from .options import (
     score,
     score_rows,
 )
-from .pareto import pareto_keep, staircase, staircase_lookup
+from oaasd.pipeline.pareto import pareto_keep, staircase, staircase_lookup
 
 __all__ = ["solve", "solve_exhaustive", "solve_greedy", "solve_request", "exact_choice",
            "exhaustive_choice"]

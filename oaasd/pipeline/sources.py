@@ -31,8 +31,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..outbound import Client, OutboundError
-from ..pools import SOURCES, PoolTimeoutError
+from oaasd.service.outbound import Client, OutboundError
+from oaasd.service.pools import SOURCES, PoolTimeoutError
 
 TAIL_BYTES = 4096  # a file source's last line must fit in this; no more is read per interval
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import Pipeline, Profile, Stage, Variant
+from oaasd.pipeline.model import Pipeline, Profile, Stage, Variant
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -4,12 +4,18 @@ Pure: numpy, scipy and pydantic only; no I/O, no asyncio; deterministic for
 a seed. The daemon drives a tuning through ``Tuner`` (see ``tuner``).
 """
 
-from .description import TuningDescription
-from .pareto import pareto_front
-from .pruners import Asha, Decision, MedianRule, NoStopping
-from .samplers import GPSampler, Observation, RandomSampler, SobolSampler, make_sampler
-from .space import Space
-from .tuner import Suggestion, Trial, Tuner, space_fingerprint
+from oaasd.tuning.description import TuningDescription
+from oaasd.tuning.pareto import pareto_front
+from oaasd.tuning.pruners import Asha, Decision, MedianRule, NoStopping
+from oaasd.tuning.samplers import (
+    GPSampler,
+    Observation,
+    RandomSampler,
+    SobolSampler,
+    make_sampler,
+)
+from oaasd.tuning.space import Space
+from oaasd.tuning.tuner import Suggestion, Trial, Tuner, space_fingerprint
 
 __all__ = [
     "Asha", "Decision", "GPSampler", "MedianRule", "NoStopping", "Observation", "RandomSampler",

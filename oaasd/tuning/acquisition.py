@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfcx, log_ndtr, ndtr
 
-from .description import CategoricalParam
-from .gp import GP, predict
-from .space import Space
+from oaasd.tuning.description import CategoricalParam
+from oaasd.tuning.gp import GP, predict
+from oaasd.tuning.space import Space
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_PI_2 = math.sqrt(math.pi / 2)

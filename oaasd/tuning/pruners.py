@@ -14,7 +14,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .description import AshaStopping, MedianStopping
+from oaasd.tuning.description import AshaStopping, MedianStopping
 
 Series = Sequence[tuple[float, float]]
 

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import acquisition
-from .gp import GP, condition_on, fit_gp, predict
-from .pareto import chebyshev, random_weights, to_minimize
-from .space import Space
+from oaasd.tuning import acquisition
+from oaasd.tuning.gp import GP, condition_on, fit_gp, predict
+from oaasd.tuning.pareto import chebyshev, random_weights, to_minimize
+from oaasd.tuning.space import Space
 
 MAX_DRAWS_PER_SUGGESTION = 64
 

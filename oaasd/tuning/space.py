@@ -21,7 +21,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .description import CategoricalParam, FloatParam, IntParam, OrdinalParam, choice_key
+from oaasd.tuning.description import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    OrdinalParam,
+    choice_key,
+)
 
 FLOAT_KEY_DIGITS = 12  # floats equal to 12 significant digits are one configuration
 

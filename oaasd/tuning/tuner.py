@@ -18,11 +18,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .description import TuningDescription, early_stopping_target
-from .pareto import pareto_front
-from .pruners import Decision, make_pruner
-from .samplers import Observation, make_sampler
-from .space import Space
+from oaasd.tuning.description import TuningDescription, early_stopping_target
+from oaasd.tuning.pareto import pareto_front
+from oaasd.tuning.pruners import Decision, make_pruner
+from oaasd.tuning.samplers import Observation, make_sampler
+from oaasd.tuning.space import Space
 
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING"})
 

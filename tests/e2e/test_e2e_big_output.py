@@ -7,7 +7,6 @@ import http.client
 import signal
 import threading
 import time
-
 from pathlib import Path
 
 import psutil

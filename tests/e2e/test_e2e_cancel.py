@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, pid_alive, wait_file
 from realnodes import node_toml, ssh_nodes  # noqa: F401  (fixture)
+
+from tests.conftest import REPO, pid_alive, wait_file
 
 GRACE_S = 3.0  # long enough to kill -9 the daemon inside it, short beside the task's run
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from realnodes import TEST_USER, node_toml, ssh_nodes  # noqa: F401  (fixture)
 
 ALICE, BOB, DEFAULT = "oaas-alice", "oaas-bob", "oaasd-task"
@@ -320,7 +319,7 @@ async def test_a_relative_work_root_is_under_the_task_accounts_home(sudo_node, t
     from oaasd.config import UserConfig
     from oaasd.launchers.accounts import Accounts
     from oaasd.launchers.ssh import SshLauncher
-    from oaasd.seams import Host, LaunchJob
+    from oaasd.ports import Host, LaunchJob
 
     cluster, node = sudo_node
     alice = UserConfig(name="alice", token_sha256="0" * 64, unix_user=ALICE)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from oaasd.auth import token_hash
+from oaasd.service.auth import token_hash
 
 USERS = "".join(f'[[users]]\nname = "{n}"\nrole = "{r}"\ntoken_sha256 = "{token_hash(n + "-token")}"\n'
                 for n, r in (("alice", "user"), ("root", "admin")))

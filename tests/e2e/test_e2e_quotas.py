@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 
-from oaasd.auth import token_hash
+from oaasd.service.auth import token_hash
 
 # With [[users]] tasks run as an unprivileged account (launch.default_user), which cannot
 # reach the test's interpreter under /root: the programs here are plain /bin/sh.

@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-
 from test_events_sse import USERS, Stream, bearer
 from test_metrics import metric, scrape
 

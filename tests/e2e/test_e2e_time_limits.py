@@ -11,7 +11,6 @@ import signal
 import time
 
 import pytest
-
 from realnodes import node_toml, ssh_nodes  # noqa: F401  (fixture)
 
 LOCAL = '[[nodes]]\nname = "local"\ncpus = 4\nmemory_mb = 2000\n'

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from realnodes import node_toml, ssh_nodes  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,99 @@
+"""Prometheus metrics of one daemon, on a registry it owns (never the global one).
+
+Counters and histograms are fed by one-line hooks in the scheduler, the
+runner, the store and the callbacks; gauges are computed at scrape time:
+tasks by state with one ``GROUP BY`` over the ``tasks_state_id`` index, the
+queue, nodes and resources from memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from oaasd.http.tasks import DAEMON
+from oaasd.service.cluster import NODE_STATES, resources
+from oaasd.states import State
+
+if TYPE_CHECKING:
+    from oaasd.service.daemon import Daemon
+
+routes = web.RouteTableDef()
+
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+NOT_FAILURES = (State.COMPLETED, State.CANCELLED)
+
+
+class Metrics:
+    """Every metric of the daemon, and the scrape that renders them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.tasks = Gauge("oaasd_tasks", "Tasks by state", ["state"], registry=r)
+        self.queue_length = Gauge("oaasd_queue_length", "Tasks waiting in the scheduler's queue", registry=r)
+        self.oldest_pending = Gauge("oaasd_oldest_pending_age_seconds",
+                                    "Age of the oldest task in the queue (0 when empty)", registry=r)
+        self.nodes = Gauge("oaasd_nodes", "Nodes by state", ["state"], registry=r)
+        self.capacity = Gauge("oaasd_resource_capacity", "Total resources of all nodes", ["resource"], registry=r)
+        self.free = Gauge("oaasd_resource_free", "Free resources of schedulable nodes", ["resource"], registry=r)
+        self.subscribers = Gauge("oaasd_event_subscribers", "Open event streams", registry=r)
+        self.pass_seconds = Histogram("oaasd_scheduling_pass_seconds", "Duration of one scheduling pass",
+                                      buckets=FAST_BUCKETS, registry=r)
+        self.start_latency = Histogram("oaasd_submit_to_start_seconds",
+                                       "From submission to the start of an attempt", buckets=WAIT_BUCKETS, registry=r)
+        self.commit_seconds = Histogram("oaasd_sqlite_commit_seconds", "Duration of the writer's COMMIT",
+                                        buckets=FAST_BUCKETS, registry=r)
+        self.launches = Counter("oaasd_launches", "Attempts launched", registry=r)
+        self.failures = Counter("oaasd_failures", "Attempts that ended in failure, by state and reason",
+                                ["state", "reason"], registry=r)
+        self.callbacks = Counter("oaasd_callback_posts", "Callback POSTs by outcome (delivered, error)",
+                                 ["outcome"], registry=r)
+
+    # ---- hooks --------------------------------------------------------
+    def started(self, submitted_at: float) -> None:
+        """An attempt was committed RUNNING for a task submitted at ``submitted_at``."""
+        self.launches.inc()
+        self.start_latency.observe(max(0.0, time.time() - submitted_at))
+
+    def attempt_ended(self, state: State, reason: str) -> None:
+        """An attempt ended; failures (not COMPLETED, not CANCELLED) are counted by reason."""
+        if state not in NOT_FAILURES:
+            self.failures.labels(state.value, str(reason)).inc()
+
+    # ---- scrape -------------------------------------------------------
+    async def refresh(self, d: "Daemon") -> None:
+        """Set the gauges from the store (one GROUP BY) and from memory."""
+        counts = dict(await d.store.rows("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+        for state in State:
+            self.tasks.labels(state.value).set(counts.get(state.value, 0))
+        queue = d.scheduler.queue
+        self.queue_length.set(len(queue))
+        oldest = min((e.submitted_at for e in queue), default=None)
+        self.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        self._cluster(d)
+        self.subscribers.set(d.events.subscribers)
+
+    def _cluster(self, d: "Daemon") -> None:
+        states = Tally(d.cluster.states().values())
+        for state in NODE_STATES:
+            self.nodes.labels(state).set(states.get(state, 0))
+        table = d.cluster.table
+        for name, value in resources(table.total.sum(axis=0)).items():
+            self.capacity.labels(name).set(value)
+        for name, value in resources(table.free[table.schedulable].sum(axis=0)).items():
+            self.free.labels(name).set(value)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """The daemon's registry in the exposition format the scraper accepts (Prometheus text by default)."""
+    d = request.app[DAEMON]
+    await d.metrics.refresh(d)
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encode(d.metrics.registry), headers={"Content-Type": content_type})

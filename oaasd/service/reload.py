@@ -1,0 +1,122 @@
+"""SIGHUP: re-read ``oaasd.toml`` and apply nodes, policy, fit and users.
+
+Nothing running is stopped. A node removed from the file is dropped when
+idle, else drained: its attempts finish and it stays DRAINED until the next
+reload or restart drops it (or an admin deletes it).
+A changed node is applied only while nothing runs on it. Nodes added or
+deleted over the API keep the run-time decision, as they do at start.
+``[server]``, ``[ssh]``, ``[mpi]``, ``[health]`` and ``[outbound]`` need a restart.
+
+A file that would weaken access is refused like an invalid one, because an
+empty or half-written ``oaasd.toml`` parses as "no users": turning auth on or
+off (a change of mode needs a restart), dropping every admin, or leaving the
+running non-loopback listener without users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from oaasd.config import Settings, load_settings
+from oaasd.errors import ConfigError
+from oaasd.service.cluster import Intent
+
+if TYPE_CHECKING:
+    from oaasd.service.daemon import Daemon
+
+log = logging.getLogger("oaasd.reload")
+REMOVED = "removed from oaasd.toml"
+RESTART_ONLY = ("server", "ssh", "mpi", "health", "outbound")
+
+
+async def reload_file(daemon: "Daemon", path: str | Path | None) -> bool:
+    """Load ``path`` and apply it; an invalid file is refused and the old settings stay."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running settings: %s", exc.message)
+        return False
+    problem = access_problem(daemon.settings, settings)
+    if problem is not None:
+        log.error("reload refused, keeping the running settings: %s: %s", path, problem)
+        return False
+    await apply(daemon, settings)
+    return True
+
+
+def access_problem(old: Settings, new: Settings) -> str | None:
+    """Why ``new`` may not replace the running ``old`` by reload, or None."""
+    if old.auth_on != new.auth_on:
+        now, then = ("on", "off") if old.auth_on else ("off", "on")
+        return f"it would turn auth {then} (auth is {now}; changing the auth mode needs a restart)"
+    if any(u.role == "admin" for u in old.users) and not any(u.role == "admin" for u in new.users):
+        return "it declares no admin user (the running settings have one)"
+    if not old.server.loopback and not new.users:
+        return f"the daemon listens on {old.server.listen}, beyond loopback, and the file declares no users"
+    return None
+
+
+async def apply(daemon: "Daemon", new: Settings) -> list[str]:
+    """Apply the reloadable parts of ``new``; return one line per change (also logged)."""
+    old = daemon.settings
+    changes = [f"{key} changed: takes effect at the next restart" for key in RESTART_ONLY
+               if getattr(old, key) != getattr(new, key)]
+    reloadable = ("scheduler", "users", "limits", "auth")
+    if any(getattr(old, key) != getattr(new, key) for key in reloadable):
+        changes.append("scheduler, users and limits reloaded")
+    daemon.users = daemon.users.replace(new)
+    daemon.cluster.configure(new)
+    changes += await _nodes(daemon, old, new)
+    for key in (*reloadable, "nodes"):
+        setattr(old, key, getattr(new, key))
+    daemon.cluster.rebuild()
+    daemon.wake_scheduler()
+    for line in changes or ["nothing changed"]:
+        log.info("reload: %s", line)
+    return changes
+
+
+async def _nodes(daemon: "Daemon", old: Settings, new: Settings) -> list[str]:
+    cluster, changes = daemon.cluster, []
+    runtime = {r["name"] for r in await daemon.store.load_nodes() if r["source"] in ("api", "deleted")}
+    declared = {n.name: n for n in new.nodes if n.name not in runtime}
+    for name, cfg in declared.items():
+        current = cluster.nodes.get(name)
+        if current is None:
+            cluster.add_node(cfg)
+            daemon.node_added(cfg)
+            changes.append(f"node {name} added")
+        elif current != cfg and _busy(daemon, name):
+            changes.append(f"node {name} changed but has running attempts: kept as it was, reload again when idle")
+        elif current != cfg:
+            cluster.add_node(cfg)
+            daemon.node_added(cfg)
+            changes.append(f"node {name} changed")
+        intent = cluster.intents.get(name)
+        if intent is not None and intent.reason == REMOVED:
+            cluster.set_intent(name, None)
+            changes.append(f"node {name} back in the file: resumed")
+    for name in [n.name for n in old.nodes if n.name not in declared and n.name not in runtime]:
+        if name not in cluster.nodes:
+            continue
+        if _busy(daemon, name):
+            cluster.set_intent(name, Intent("DRAIN", REMOVED, "reload", time.time()))
+            changes.append(f"node {name} removed from the file: draining (its attempts finish)")
+        else:
+            cluster.remove_node(name)
+            changes.append(f"node {name} removed")
+    # a drained node whose attempts have ended since an earlier reload goes now
+    for name, intent in list(cluster.intents.items()):
+        if intent.reason == REMOVED and name not in declared and not _busy(daemon, name):
+            cluster.remove_node(name)
+            changes.append(f"node {name} drained and idle: removed")
+    return changes
+
+
+def _busy(daemon: "Daemon", name: str) -> bool:
+    """True while an attempt runs on the node or resources are reserved there."""
+    return bool(daemon.runner.on_node(name)) or any(
+        host[0] == name for _, record in daemon.cluster.reservations.values() for host in record["hosts"])

@@ -63,7 +63,7 @@ async def start_serving(app, settings):
     from aiohttp import web
 
     from oaasd.http import listen
-    from oaasd.http.tasks import DAEMON
+    from oaasd.http.app import DAEMON
     cfg = settings.server
     app[DAEMON].state_lock.acquire()
     socks = listen.bind(cfg.host, cfg.port)
@@ -90,10 +90,8 @@ async def serve(settings, config_path: str | None = None) -> int:
     import threadpoolctl
 
     from oaasd.errors import StartupError
-    from oaasd.http.tasks import DAEMON
-    from oaasd.service.daemon import create_app
+    from oaasd.http.app import DAEMON, create_app
     from oaasd.service.notify import SystemdNotifier
-    from oaasd.service.reload import reload_file
     app = create_app(settings)
     daemon = app[DAEMON]
     # BLAS in this process only (tasks keep their own environment): one thread
@@ -114,7 +112,7 @@ async def serve(settings, config_path: str | None = None) -> int:
     async def reload() -> None:
         notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
-            await reload_file(daemon, config_path)
+            await daemon.reload.file(config_path)
         except Exception:  # a reload bug must not take the running daemon down
             log.exception("reload failed; the settings may be partly applied")
         notifier.send("READY=1", f"STATUS={daemon.status_line()}")
@@ -122,7 +120,7 @@ async def serve(settings, config_path: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopped.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.runner.bg.spawn(reload(), "reload"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.spawn(reload(), "reload"))
     await daemon.stopped.wait()
     notifier.send("STOPPING=1", "STATUS=stopping; running tasks are left to be re-adopted")
     status.cancel()

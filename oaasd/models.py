@@ -1,4 +1,4 @@
-"""The task spec users submit (pydantic, unknown fields refused)."""
+"""The task spec users submit (pydantic, unknown fields refused), and how a JSON body is validated."""
 
 from __future__ import annotations
 
@@ -7,12 +7,34 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from oaasd.errors import InvalidRequestError, ValidationFailedError, pydantic_detail
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
 NoNul = Annotated[str, Field(max_length=65536)]
+
+
+def parse_model(model, body: bytes, **context):
+    """Validate a JSON body against a pydantic model (strict types); 400 or 422 naming the fields."""
+    try:
+        return model.model_validate_json(body or b"null", strict=True, context=context or None)
+    except ValidationError as exc:
+        detail = pydantic_detail(exc)
+        if any(d["type"] == "json_invalid" for d in detail):
+            raise InvalidRequestError("body is not valid JSON", detail) from None
+        if any(d["type"] == "model_type" and d["field"] == "body" for d in detail) or body.strip() in (b"", b"null"):
+            raise InvalidRequestError("body must be a JSON object", [{"field": "body", "problem": "expected a JSON object"}]) from None
+        raise ValidationFailedError(f"invalid {model.__name__}", detail) from None
 
 
 def _no_nul(value: str, what: str) -> str:

@@ -1,19 +1,28 @@
 """The seams between oaasd's parts, on one page.
 
-Reading this module shows the architecture: the scheduler asks a Policy to
-order the queue, places with the pure functions of ``placement``, asks a
-Launcher to start an attempt and gets back a Handle; the result reporter
-turns the Handle's Exit and the reported lines into store verbs; a Sampler
-proposes tuning configurations. Nothing here imports an implementation.
+Reading this module shows the architecture. A submission enters through
+``Intake`` (the one submit verb of user tasks, tuning trials and pipeline
+replicas), is committed by the ``TaskStore`` and joins the ``Queue``; the
+scheduler asks its ``Policy`` for the queue order, places with the pure
+functions of ``oaasd.core.placement`` and hands what it placed to the
+runner, which asks a ``Launcher`` to start the attempt and gets back a
+``Handle``. The result reporter turns the Handle's ``Exit`` and the
+reported lines into store verbs, tells an ``EventSink`` and fans out
+through ``Hooks`` (tunings and callbacks subscribe there: the reporter never
+calls back up). A ``Sampler`` proposes tuning configurations.
+
+Components receive these collaborators in their constructors; nothing here
+imports an implementation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
 
+# ---- the vocabulary of the seams ------------------------------------------
 @dataclass(frozen=True)
 class Host:
     """One node of a placement and how many worker slots it holds."""
@@ -45,18 +54,22 @@ class LaunchJob:
 
     @property
     def stdout_path(self) -> Path:
+        """The attempt's stdout log on the head node."""
         return self.attempt_dir / "stdout.log"
 
     @property
     def stderr_path(self) -> Path:
+        """The attempt's stderr log on the head node."""
         return self.attempt_dir / "stderr.log"
 
     @property
     def result_path(self) -> Path:
+        """Where the task may write its final JSON (``OAAS_RESULT_FILE``)."""
         return self.attempt_dir / "result.json"
 
     @property
     def exit_path(self) -> Path:
+        """The exit record the wrapper writes."""
         return self.attempt_dir / "exit"
 
 
@@ -85,6 +98,144 @@ class Locator:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrialLink:
+    """A submission that is a trial of a daemon-run tuning (its ``trials`` row)."""
+
+    tuning_id: int
+    config: dict[str, Any]
+    baseline: bool
+
+
+@dataclass(frozen=True)
+class ReplicaLink:
+    """A submission that is a replica of a pipeline stage (its ``pipeline_tasks`` row)."""
+
+    pipeline_id: int
+    stage: str
+    variant: str
+    batch: int
+
+
+Link = TrialLink | ReplicaLink  # committed in the same transaction as the task it links
+
+
+class Submitted(NamedTuple):
+    """What intake answers: the task's id, whether it is new (not an idempotent repeat), when it came in."""
+
+    task_id: int
+    created: bool
+    submitted_at: float
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What one scheduling pass decided for one task: its request and placement (core types)."""
+
+    task_id: int
+    request: Any  # oaasd.core.placement Request
+    placement: Any  # oaasd.core.placement Placement, reserved on the cluster before it is handed on
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """A task reached a final state (committed): what the ``task_ended`` hooks learn."""
+
+    task_id: int
+    state: str
+    result: Any
+    callback_url: str | None
+
+
+@dataclass(frozen=True)
+class MetricsReport:
+    """New ``OAAS_METRIC`` lines of a running attempt (committed): what the ``metrics_reported`` hooks learn."""
+
+    task_id: int
+    attempt_id: int
+    series: Sequence[dict[str, Any]]  # every metric of this attempt so far, oldest first
+    new: Sequence[dict[str, Any]]
+    stopping: bool  # a cancel of the attempt is under way
+
+
+# ---- the seams ----------------------------------------------------------------
+class TaskStore(Protocol):
+    """The store verbs the task services use (``oaasd.store`` implements them; all SQL lives there)."""
+
+    async def submit(self, task: Any, link: Link | None = None) -> tuple[int, bool]:
+        """Commit a task PENDING (and its link row, same transaction); (id, created)."""
+
+    async def cancel_pending(self, task_id: int, reason: str, message: str | None = None) -> None:
+        """PENDING -> CANCELLED by compare-and-set."""
+
+    async def request_cancel(self, task_id: int, reason: str) -> bool:
+        """Persist a cancel request on a RUNNING task before it is killed."""
+
+    async def start_attempt(self, task_id: int, node: str, placement: dict[str, Any]) -> tuple[int, int]:
+        """PENDING -> RUNNING and the attempt row; (attempt_id, seq)."""
+
+    async def set_locator(self, attempt_id: int, locator: dict[str, Any]) -> None:
+        """Record where a running attempt can be found again."""
+
+    async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: Any, task_state: Any,
+                             reason: str, message: str | None = None, **fields: Any) -> None:
+        """End an attempt and move its task, in one transaction."""
+
+    async def record_output(self, attempt_id: int, stdout_offset: int, metrics_stored: int,
+                            metrics_dropped: int, metrics: list[tuple[int, float, dict]]) -> None:
+        """Append an attempt's new metrics with the offset after them."""
+
+    async def get_task(self, task_id: int) -> dict[str, Any]:
+        """One task row (404 when unknown)."""
+
+    async def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's attempts, first first."""
+
+    async def task_metrics(self, task_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """A task's last metrics, oldest first."""
+
+    async def count_pending(self, user: str) -> int:
+        """How many PENDING tasks a user holds."""
+
+
+class Queue(Protocol):
+    """The pending queue the scheduler places from."""
+
+    def add(self, task_id: int, priority: int, submitted_at: float, request: Any) -> None:
+        """Queue a committed PENDING task."""
+
+    def discard(self, task_id: int) -> bool:
+        """Drop a task from the queue (cancelled); False if it was not queued."""
+
+    def wake(self) -> None:
+        """Resources or nodes changed: ask for a full pass."""
+
+
+class Intake(Protocol):
+    """The one way tasks come in and are cancelled: user tasks, tuning trials, pipeline replicas."""
+
+    async def submit(self, spec: Any, link: Link | None = None) -> Submitted:
+        """Refuse what can never fit, commit (with ``link``), queue, publish."""
+
+    async def cancel(self, task_id: int, reason: str) -> bool:
+        """Cancel a pending task or kill a running one; False when it had already ended."""
+
+    async def stop_running(self, task_id: int, reason: str) -> bool:
+        """Kill a running task's attempt (it ends CANCELLED); False when it is not running here."""
+
+
+class Policy(Protocol):
+    """Orders the pending queue (pure): the scheduler places in that order."""
+
+    name: str
+
+    def key(self, priority: int, task_id: int, submitted_at: float) -> tuple:
+        """The sort key of one queued task (smaller goes first)."""
+
+    def order(self, pending: Sequence[Any], now: float) -> list[Any]:
+        """The pending entries (with ``priority``, ``task_id``, ``submitted_at``) in placement order."""
+
+
 class Handle(Protocol):
     """A running attempt: wait for it, signal it, find it again later."""
 
@@ -95,6 +246,13 @@ class Handle(Protocol):
 
     async def kill(self, grace_s: float) -> None:
         """SIGTERM the whole process group (every rank), SIGKILL after grace_s."""
+
+
+class Detachable(Handle, Protocol):
+    """A handle that follows a remote attempt (ssh): it can stop following and leave it running."""
+
+    def detach(self) -> None:
+        """Stop following (daemon shutdown); the attempt keeps running."""
 
 
 class Launcher(Protocol):
@@ -110,24 +268,42 @@ class Launcher(Protocol):
         """Release connections; running attempts are left to be re-adopted."""
 
 
-class Policy(Protocol):
-    """Orders the pending queue; the scheduler places in that order."""
+class Prober(Protocol):
+    """A launcher that can probe its nodes (ssh): what the health loop asks."""
 
-    name: str
-
-    def order(self, pending: Sequence[Any], now: float) -> list[Any]:
-        """Return the pending tasks in the order placement should try them."""
+    async def probe(self, node: str) -> dict[str, Any]:
+        """Reachability, load, memory and disk of ``node``; raises when it is unusable."""
 
 
 class Sampler(Protocol):
     """Proposes tuning configurations from the history (pure, seeded)."""
 
     def suggest(self, history: Sequence[Any], pending: Sequence[dict], n: int) -> list[dict]:
-        """Return ``n`` new configurations distinct from ``pending``."""
+        """Return up to ``n`` new configurations distinct from ``pending``."""
 
 
-class Notifier(Protocol):
-    """Receives every event the result reporter publishes."""
+class EventSink(Protocol):
+    """Receives every event the daemon publishes (state changes, metrics, tunings)."""
 
     def publish(self, event: dict[str, Any]) -> None:
         """Deliver without blocking; slow consumers must not stall the loops."""
+
+
+TaskEnded = Callable[[TaskEnd], Awaitable[None]]
+MetricsReported = Callable[[MetricsReport], Awaitable[None]]
+
+
+class Hooks(Protocol):
+    """Where "a task ended" and "an attempt reported metrics" fan out to their subscribers."""
+
+    def on_task_ended(self, hook: TaskEnded) -> None:
+        """Subscribe ``hook`` to every committed final state."""
+
+    def on_metrics_reported(self, hook: MetricsReported) -> None:
+        """Subscribe ``hook`` to every committed batch of intermediate metrics."""
+
+    async def task_ended(self, end: TaskEnd) -> None:
+        """Tell every subscriber, in subscription order."""
+
+    async def metrics_reported(self, report: MetricsReport) -> None:
+        """Tell every subscriber, in subscription order."""

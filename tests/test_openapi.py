@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from oaasd.config import Settings
+from oaasd.http.app import create_app
 from oaasd.http.openapi import OPERATIONS, document, error_statuses
-from oaasd.service.daemon import create_app
 
 
 @pytest.fixture

@@ -189,7 +189,7 @@ def test_stop_reasons_and_pareto_front(daemon_factory, tmp_path):
 def test_quantize_example_is_accepted_as_is():
     from conftest import REPO
 
-    from oaasd.tuning.driver import parse_description
+    from oaasd.tuning.trials import parse_description
     raw, desc, template = parse_description((REPO / "examples/quantize/tuning.json").read_bytes())
     assert desc.number_of_trials == 24 and raw["trial"]["cpu_milli"] == 1000
     assert (template.resources.cpu_milli, template.resources.memory_mb, template.time_limit_s) == (1000, 512, 120)

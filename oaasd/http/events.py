@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from oaasd.errors import InvalidRequestError, OverloadedError, RateLimitedError
-from oaasd.http.tasks import DAEMON, int_param
-from oaasd.service import auth
+from oaasd.http import auth
+from oaasd.http.common import SERVICES, int_param
 from oaasd.service.events import Event, Subscription
 from oaasd.states import is_final
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
+from oaasd.store.db import Store
 
 routes = web.RouteTableDef()
 
@@ -51,7 +49,7 @@ class Owners:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, int], asyncio.Future] = {}
 
-    async def of(self, d: "Daemon", event: Event) -> str | None:
+    async def of(self, store: Store, event: Event) -> str | None:
         """The owning user of ``event``'s task or tuning; None when it names neither."""
         for key, sql in OWNER_SQL.items():
             if key in event:
@@ -63,7 +61,7 @@ class Owners:
                 if found is None:
                     if len(self._cache) >= OWNERS_CACHED:
                         self._cache.clear()
-                    found = self._cache[ident] = asyncio.ensure_future(self._read(d, sql, event[key]))
+                    found = self._cache[ident] = asyncio.ensure_future(self._read(store, sql, event[key]))
                     found.add_done_callback(lambda f, ident=ident: self._forget_failed(ident, f))
                 if found.done():  # the common case: no await, no new future per stream and event
                     return found.result()
@@ -75,8 +73,8 @@ class Owners:
             self._cache.pop(ident, None)
 
     @staticmethod
-    async def _read(d: "Daemon", sql: str, ident: int) -> str | None:
-        rows = await d.store.rows(sql, (ident,))
+    async def _read(store: Store, sql: str, ident: int) -> str | None:
+        rows = await store.rows(sql, (ident,))
         return rows[0][0] if rows else None
 
 
@@ -91,22 +89,22 @@ def setup(app: web.Application) -> None:
 
 
 async def _end_streams(app: web.Application) -> None:
-    app[DAEMON].events.close_all()
+    app[SERVICES].events.close_all()
 
 
 def subscribe(request: web.Request, accept: Callable[[Event], bool]) -> Subscription:
     """A subscription for the caller, refused past the per-user (429) or total (503) cap."""
-    d = request.app[DAEMON]
-    cfg = d.settings.server
+    s = request.app[SERVICES]
+    cfg, events = s.settings.server, s.events
     who = auth.caller(request).name
-    if d.events.subscribers >= cfg.max_subscribers:
-        raise OverloadedError(f"{d.events.subscribers} event streams are open; retry later",
+    if events.subscribers >= cfg.max_subscribers:
+        raise OverloadedError(f"{events.subscribers} event streams are open; retry later",
                               [{"field": "server.max_subscribers", "problem": f"at most {cfg.max_subscribers}"}])
-    if d.events.subscribers_of(who) >= cfg.max_subscribers_per_user:
-        raise RateLimitedError(f"user {who} has {d.events.subscribers_of(who)} event streams open", 5.0,
+    if events.subscribers_of(who) >= cfg.max_subscribers_per_user:
+        raise RateLimitedError(f"user {who} has {events.subscribers_of(who)} event streams open", 5.0,
                                [{"field": "server.max_subscribers_per_user",
                                  "problem": f"at most {cfg.max_subscribers_per_user} per user"}])
-    return d.events.subscribe(accept, owner=who)
+    return events.subscribe(accept, owner=who)
 
 
 _FORMATTED: dict[int, bytes] = {}  # live events by seq: formatted once, however many streams send them
@@ -145,7 +143,7 @@ async def write(request: web.Request, resp: web.StreamResponse, data: bytes) -> 
         await resp.write(data)
         return
     try:
-        async with asyncio.timeout(request.app[DAEMON].settings.server.event_write_timeout_s):
+        async with asyncio.timeout(request.app[SERVICES].settings.server.event_write_timeout_s):
             await resp.write(data)
     except TimeoutError:
         if request.transport is not None:
@@ -218,16 +216,16 @@ async def finish(resp: web.StreamResponse) -> web.StreamResponse:
 @routes.get("/v1/events")
 async def all_events(request: web.Request) -> web.StreamResponse:
     """Every event the caller may see, live; ``?task=ID`` and ``?types=`` narrow it."""
-    d = request.app[DAEMON]
+    store = request.app[SERVICES].store
     types = parse_types(request)
     task_id = int_param(request, "task", None, lo=1)
     if task_id is not None:
-        auth.require_owner(request, (await d.store.get_task(task_id))["user"], f"task {task_id}")
+        auth.require_owner(request, (await store.get_task(task_id))["user"], f"task {task_id}")
     who = auth.caller(request)
     owners = request.app[OWNERS]
 
     async def visible(event: Event) -> bool:
-        return who.admin or await owners.of(d, event) == who.name
+        return who.admin or await owners.of(store, event) == who.name
 
     def accept(event: Event) -> bool:
         return event["type"] in types and (task_id is None or event.get("task_id") == task_id)
@@ -244,13 +242,13 @@ async def all_events(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/tasks/{id}/events")
 async def task_events(request: web.Request) -> web.StreamResponse:
     """One task's stored history, then its live events; ends after its final state."""
-    d = request.app[DAEMON]
+    store = request.app[SERVICES].store
     task_id = int_param(request, "id", lo=1)
-    auth.require_owner(request, (await d.store.get_task(task_id))["user"], f"task {task_id}")
+    auth.require_owner(request, (await store.get_task(task_id))["user"], f"task {task_id}")
     # Subscribe before reading the history: nothing committed in between is missed.
     with subscribe(request, lambda event: event.get("task_id") == task_id) as sub:
-        history = await d.store.task_events(task_id)
-        row = await d.store.get_task(task_id)  # read after the history: its result is at least as new
+        history = await store.task_events(task_id)
+        row = await store.get_task(task_id)  # read after the history: its result is at least as new
         resp = await open_stream(request)
         try:
             for event in replay(task_id, history, row):

@@ -1,19 +1,16 @@
-"""Node administration over HTTP: add, show, drain/resume/down, delete."""
+"""Nodes over HTTP: list, add, show, drain/resume/down, delete (the verbs are ``NodeAdmin``'s)."""
 
 from __future__ import annotations
 
-import time
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field, model_validator
 
 from oaasd.config import NodeConfig
-from oaasd.errors import ConflictError, NotFoundError
-from oaasd.http.tasks import DAEMON, json_response, parse_model, read_body, running_on
+from oaasd.http import auth
+from oaasd.http.common import SERVICES, json_response, parse_model, read_body
 from oaasd.models import Strict
-from oaasd.service import auth
-from oaasd.service.cluster import Intent
 
 routes = web.RouteTableDef()
 
@@ -31,32 +28,39 @@ class NodePatch(Strict):
         return self
 
 
+def running_on(request: web.Request, task_ids: list[int]) -> dict[str, Any]:
+    """A node's running tasks as its caller may see them: every id for admins,
+    only their own for users (with the count of all, which tells load, not whose)."""
+    who = auth.caller(request)
+    nodes = request.app[SERVICES].nodes
+    mine = [t for t in task_ids if who.admin or nodes.owner_of_run(t) == who.name]
+    return {"running": sorted(mine), "running_count": len(task_ids)}
+
+
+def node_view(request: web.Request, name: str) -> dict[str, Any]:
+    """One node as its caller may see it: state, resources, its running tasks, the last probe."""
+    nodes = request.app[SERVICES].nodes
+    return {**nodes.view(name), **running_on(request, nodes.running_on(name))}
+
+
 def node_name(request: web.Request) -> str:
     """The node named in the path, 404 when unknown."""
-    name = request.match_info["name"]
-    if name not in request.app[DAEMON].cluster.nodes:
-        raise NotFoundError(f"no node {name!r}", [{"field": "name", "problem": "unknown node"}])
-    return name
+    return request.app[SERVICES].nodes.check(request.match_info["name"])
 
 
-def node_view(request: web.Request, name: str) -> dict:
-    d = request.app[DAEMON]
-    return {**d.cluster.view(name), **running_on(request, d.runner.on_node(name)),
-            "probe": d.health.probes.get(name)}
-
+@routes.get("/v1/nodes")
+async def list_nodes(request: web.Request) -> web.Response:
+    nodes = request.app[SERVICES].nodes
+    running = nodes.running_by_node()
+    return json_response({"items": [{**v, **running_on(request, running.get(v["name"], []))}
+                                    for v in nodes.views()]})
 
 
 @routes.post("/v1/nodes")
 async def add_node(request: web.Request) -> web.Response:
     auth.require_admin(request)
-    d = request.app[DAEMON]
     cfg = parse_model(NodeConfig, await read_body(request))
-    if cfg.name in d.cluster.nodes:
-        raise ConflictError(f"node {cfg.name!r} exists", [{"field": "name", "problem": "already exists"}])
-    await d.store.save_node(cfg.name, cfg.model_dump(mode="json"), "api")
-    d.cluster.add_node(cfg)
-    d.node_added(cfg)
-    d.wake_scheduler()
+    await request.app[SERVICES].nodes.add(cfg)
     return json_response(node_view(request, cfg.name), 201, {"Location": f"/v1/nodes/{cfg.name}"})
 
 
@@ -68,38 +72,16 @@ async def get_node(request: web.Request) -> web.Response:
 @routes.patch("/v1/nodes/{name}")
 async def patch_node(request: web.Request) -> web.Response:
     auth.require_admin(request)
-    d = request.app[DAEMON]
     name = node_name(request)
     patch = parse_model(NodePatch, await read_body(request))
-    who = auth.caller(request).name
-    intent = None if patch.state == "RESUME" else Intent(patch.state, patch.reason, who, time.time())
-    await d.store.set_node_intent(name, intent and intent.state, intent and intent.reason,
-                                  intent and intent.user, intent and intent.at)
-    d.cluster.set_intent(name, intent)
-    if patch.state == "DOWN":  # Slurm's DOWN: the work on it is requeued elsewhere
-        for task_id in d.runner.on_node(name):
-            await d.runner.cancel(task_id, f"node {name} set DOWN: {patch.reason}", requeue=True)
-    d.wake_scheduler()
+    await request.app[SERVICES].nodes.set_intent(name, patch.state, patch.reason, auth.caller(request).name)
     return json_response(node_view(request, name))
 
 
 @routes.delete("/v1/nodes/{name}")
 async def delete_node(request: web.Request) -> web.Response:
     auth.require_admin(request)
-    d = request.app[DAEMON]
     name = node_name(request)
     force = request.query.get("force") in ("1", "true")
-    running = d.runner.on_node(name)
-    if running and not force:
-        raise ConflictError(f"node {name!r} has {len(running)} running attempt(s); use ?force=1 to requeue them",
-                            [{"field": "name", "problem": "attempts running", "tasks": running}])
-    d.cluster.set_intent(name, Intent("DOWN", "being deleted", auth.caller(request).name, time.time()))
-    for task_id in running:
-        await d.runner.cancel(task_id, f"node {name} deleted", requeue=True)
-    for run in [d.runner.runs[t] for t in running if t in d.runner.runs]:
-        await run.done.wait()
-    await d.store.save_node(name, None, "deleted")
-    await d.store.set_node_intent(name, None, None, None, None)
-    d.cluster.remove_node(name)
-    d.wake_scheduler()
-    return json_response({"name": name, "deleted": True, "requeued": running})
+    requeued = await request.app[SERVICES].nodes.delete(name, force, auth.caller(request).name)
+    return json_response({"name": name, "deleted": True, "requeued": requeued})

@@ -23,6 +23,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from oaasd.config import NodeConfig
 from oaasd.http import views
+from oaasd.http.auth import OPEN_PATHS
 from oaasd.http.nodes import NodePatch
 from oaasd.http.tunings import (
     TUNING_STATES,
@@ -35,7 +36,6 @@ from oaasd.models import TaskSpec
 from oaasd.pipeline.loop import STATES as PIPELINE_STATES
 from oaasd.pipeline.loop import Registration
 from oaasd.pipeline.model import Decision, SolveRequest
-from oaasd.service.auth import OPEN_PATHS
 from oaasd.states import State
 from oaasd.tuning.description import TuningDescription
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from oaasd.errors import ConflictError, ForbiddenError
-from oaasd.http.tasks import (
-    DAEMON,
+from oaasd.http import auth
+from oaasd.http.common import (
+    SERVICES,
     choice_param,
     int_param,
     json_response,
+    page,
     parse_model,
     read_body,
 )
+from oaasd.pipeline import SolveRequest
 from oaasd.pipeline.actuators import CommandActuator, TasksActuator
 from oaasd.pipeline.loop import STATES, Registration, parse_registration
-from oaasd.service import auth
+from oaasd.pipeline.solver import solve_request
 from oaasd.service.pools import SOLVE
 
 routes = web.RouteTableDef()
@@ -24,8 +27,6 @@ routes = web.RouteTableDef()
 @routes.post("/v1/pipelines/solve")
 async def solve(request: web.Request) -> web.Response:
     """Variant, batch and replicas per stage for ``load_rps`` under the SLO."""
-    from oaasd.pipeline import SolveRequest
-    from oaasd.pipeline.solver import solve_request
     body = parse_model(SolveRequest, await read_body(request))
     # The exact solver takes tens of ms on 8 stages (bench/RESULTS-pipeline.md): keep it off the loop,
     # on a pool no load source or tuning shares.
@@ -41,7 +42,7 @@ async def register_pipeline(request: web.Request) -> web.Response:
     any placement: only admins may register one (403 otherwise). Source and
     callback URLs the owner's outbound policy forbids as written are 422.
     """
-    pipelines = request.app[DAEMON].pipelines
+    pipelines = request.app[SERVICES].pipelines
     reg = parse_registration(await read_body(request), pipelines.load_dir)
     if isinstance(reg.actuator, CommandActuator):
         auth.require_admin(request)
@@ -55,17 +56,17 @@ async def register_pipeline(request: web.Request) -> web.Response:
 @routes.get("/v1/pipelines")
 async def list_pipelines(request: web.Request) -> web.Response:
     """The caller's pipelines (every one for an admin), newest first."""
-    pipelines = request.app[DAEMON].pipelines
+    pipelines = request.app[SERVICES].pipelines
     limit = int_param(request, "limit", 100, 1, 1000)
     items = await pipelines.summaries(user=auth.owner_filter(request), state=choice_param(request, "state", STATES),
                                       before=int_param(request, "cursor", None, 1), limit=limit)
-    return json_response({"items": items, "next": str(items[-1]["id"]) if len(items) == limit else None})
+    return json_response(page(items, limit))
 
 
 @routes.get("/v1/pipelines/{id}")
 async def get_pipeline(request: web.Request) -> web.Response:
     """Current configuration and the last ``limit`` adaptations, newest first."""
-    pipelines = request.app[DAEMON].pipelines
+    pipelines = request.app[SERVICES].pipelines
     row = await _owned(request)
     return json_response(await pipelines.view(row, int_param(request, "limit", 20, 0, 10_000)))
 
@@ -73,7 +74,7 @@ async def get_pipeline(request: web.Request) -> web.Response:
 @routes.delete("/v1/pipelines/{id}")
 async def stop_pipeline(request: web.Request) -> web.Response:
     """Stop the loop (and the ``tasks`` actuator's tasks); the pipeline ends STOPPED."""
-    pipelines = request.app[DAEMON].pipelines
+    pipelines = request.app[SERVICES].pipelines
     row = await _owned(request)
     if row["state"] != "RUNNING":
         raise ConflictError(f"pipeline {row['id']} already {row['state']}",
@@ -97,6 +98,6 @@ def _owner(request: web.Request, reg: Registration) -> str:
 async def _owned(request: web.Request) -> dict:
     """The pipeline named in the path, 404 when unknown or not the caller's."""
     pipeline_id = int_param(request, "id", lo=1)
-    row = await request.app[DAEMON].pipelines.row(pipeline_id)
+    row = await request.app[SERVICES].pipelines.row(pipeline_id)
     auth.require_owner(request, row["user"], f"pipeline {pipeline_id}")
     return row

@@ -12,18 +12,19 @@ from aiohttp import web
 from pydantic import Field, StrictInt
 
 from oaasd.errors import ConflictError, ForbiddenError, ValidationFailedError
-from oaasd.http.tasks import (
-    DAEMON,
+from oaasd.http import auth
+from oaasd.http.common import (
+    SERVICES,
     choice_param,
     int_param,
     json_response,
+    page,
     parse_model,
     read_body,
 )
 from oaasd.models import Strict, TaskSpec
-from oaasd.service import auth
 from oaasd.tuning.description import Name
-from oaasd.tuning.driver import parse_description, summarize
+from oaasd.tuning.trials import parse_description
 
 routes = web.RouteTableDef()
 
@@ -76,42 +77,41 @@ def owner_of(request: web.Request, template: TaskSpec | None) -> str:
 async def owned(request: web.Request) -> int:
     """The id of the tuning in the path, 404 unless the caller may see it."""
     tuning_id = int_param(request, "id", lo=1)
-    row = await request.app[DAEMON].tunings.db.get_tuning(tuning_id)
+    row = await request.app[SERVICES].tunings.row(tuning_id)
     auth.require_owner(request, row["user"], f"tuning {tuning_id}")
     return tuning_id
 
 
 @routes.post("/v1/tunings")
 async def create_tuning(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     raw, desc, template = parse_description(await read_body(request))
-    tuning_id = await d.tunings.create(raw, desc, template, owner_of(request, template))
-    return json_response(await d.tunings.view(tuning_id), 201, {"Location": f"/v1/tunings/{tuning_id}"})
+    tuning_id = await s.tunings.create(raw, desc, template, owner_of(request, template))
+    return json_response(await s.tunings.view(tuning_id), 201, {"Location": f"/v1/tunings/{tuning_id}"})
 
 
 @routes.get("/v1/tunings")
 async def list_tunings(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    tunings = request.app[SERVICES].tunings
     limit = int_param(request, "limit", 100, 1, 1000)
     cursor = int_param(request, "cursor", None, 1)
     state = choice_param(request, "state", TUNING_STATES)
-    rows = await d.tunings.db.list_tunings(state=state, user=auth.owner_filter(request), before=cursor, limit=limit)
-    nxt = str(rows[-1]["id"]) if len(rows) == limit else None
-    return json_response({"items": [summarize(r) for r in rows], "next": nxt})
+    items = await tunings.summaries(state=state, user=auth.owner_filter(request), before=cursor, limit=limit)
+    return json_response(page(items, limit))
 
 
 @routes.get("/v1/tunings/{id}")
 async def get_tuning(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
-    return json_response(await d.tunings.view(await owned(request)))
+    s = request.app[SERVICES]
+    return json_response(await s.tunings.view(await owned(request)))
 
 
 @routes.delete("/v1/tunings/{id}")
 async def cancel_tuning(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     tuning_id = await owned(request)
-    cancelled = await d.tunings.cancel(tuning_id)
-    view = await d.tunings.view(tuning_id)
+    cancelled = await s.tunings.cancel(tuning_id)
+    view = await s.tunings.view(tuning_id)
     if not cancelled:
         raise ConflictError(f"tuning {tuning_id} already ended {view['state']}",
                             [{"field": "state",
@@ -122,39 +122,39 @@ async def cancel_tuning(request: web.Request) -> web.Response:
 # ---- external workers ------------------------------------------------
 @routes.post("/v1/tunings/{id}/workers")
 async def register_worker(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     tuning_id = await owned(request)
     body = await read_body(request)
     name = parse_model(WorkerBody, body).name if body.strip() else None
-    return json_response(await d.tunings.workers.register(tuning_id, name), 201)
+    return json_response(await s.workers.register(tuning_id, name), 201)
 
 
 @routes.post("/v1/tunings/{id}/suggest")
 async def suggest(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     tuning_id = await owned(request)
     body = parse_model(SuggestBody, await read_body(request))
-    return json_response(await d.tunings.workers.suggest(tuning_id, body.worker_id))
+    return json_response(await s.workers.suggest(tuning_id, body.worker_id))
 
 
 @routes.post("/v1/tunings/{id}/observations")
 async def observe(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     tuning_id = await owned(request)
     body = parse_model(ObservationBody, await read_body(request))
     metrics: dict[str, Any] = {**body.metrics, **body.constraints, **body.objectives}
-    view = await d.tunings.workers.observe(tuning_id, body.trial_id, body.state, metrics, body.elapsed_s)
+    view = await s.workers.observe(tuning_id, body.trial_id, body.state, metrics, body.elapsed_s)
     return json_response(view)
 
 
 @routes.post("/v1/tunings/{id}/trials/{tid}/should-stop")
 async def should_stop(request: web.Request) -> web.Response:
-    d = request.app[DAEMON]
+    s = request.app[SERVICES]
     tuning_id = await owned(request)
     trial_id = int_param(request, "tid", lo=1)
     body = parse_model(ShouldStopBody, await read_body(request))
     if (body.value is None) == (body.metrics is None):
         raise ValidationFailedError("invalid should-stop report", [
             {"field": "value", "problem": "give exactly one of 'value' or 'metrics'"}])
-    return json_response(await d.tunings.workers.should_stop(tuning_id, trial_id, body.step, body.value,
+    return json_response(await s.workers.should_stop(tuning_id, trial_id, body.step, body.value,
                                                              body.metrics))

@@ -22,6 +22,12 @@ def node_conn(node: NodeConfig, settings: Settings) -> NodeConn:
                     accept_unknown_hosts=settings.ssh.accept_unknown_hosts, work_root=node.work_root)
 
 
+def reach_node(pool: SshPool, settings: Settings, node: NodeConfig) -> None:
+    """Let the SSH pool reach a remote node (from config, store or API); local nodes need nothing."""
+    if node.launcher != "local":
+        pool.nodes[node.name] = node_conn(node, settings)
+
+
 def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[str, Launcher], SshPool]:
     """One launcher per kind; ssh and mpi share one connection pool and one account map."""
     accounts = Accounts(settings.launch, lambda: settings.users)  # reads the users a reload put in place

@@ -24,16 +24,15 @@ import os
 import signal
 import string
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from oaasd.errors import OaasError
 from oaasd.models import Resources, TaskSpec
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
-    from oaasd.store.db import Store
+from oaasd.ports import Intake, ReplicaLink
+from oaasd.service.auth import Users
+from oaasd.store.db import Store
 
 log = logging.getLogger("oaasd.pipelines")
 
@@ -219,7 +218,7 @@ def replica_spec(template: TaskSpec, pipeline_id: int, name: str, owner: str, cf
     return template.model_copy(update=update)
 
 
-async def live_tasks(store: "Store", pipeline_id: int) -> list[dict[str, Any]]:
+async def live_tasks(store: Store, pipeline_id: int) -> list[dict[str, Any]]:
     """A pipeline's tasks that are PENDING or RUNNING, oldest first, from the store."""
     return await store.fetch(
         "SELECT p.task_id, p.stage, p.variant, p.batch, t.state FROM pipeline_tasks p "
@@ -230,8 +229,11 @@ async def live_tasks(store: "Store", pipeline_id: int) -> list[dict[str, Any]]:
 class Replicas:
     """The ``tasks`` actuator of one pipeline: its tasks live in the store, not in memory."""
 
-    def __init__(self, daemon: "Daemon", pipeline_id: int, name: str, owner: str, spec: TasksActuator):
-        self.d = daemon
+    def __init__(self, store: Store, intake: Intake, users: Users, pipeline_id: int, name: str, owner: str,
+                 spec: TasksActuator):
+        self.store = store
+        self.intake = intake
+        self.users = users
         self.pipeline_id = pipeline_id
         self.name = name
         self.owner = owner
@@ -240,7 +242,7 @@ class Replicas:
 
     async def live(self) -> list[dict[str, Any]]:
         """This pipeline's tasks that are PENDING or RUNNING and not being cancelled, oldest first."""
-        rows = await live_tasks(self.d.store, self.pipeline_id)
+        rows = await live_tasks(self.store, self.pipeline_id)
         self.cancelling &= {r["task_id"] for r in rows}  # forget the ones that ended
         return [r for r in rows if r["task_id"] not in self.cancelling]
 
@@ -258,7 +260,7 @@ class Replicas:
         backoff = await self.backoff(time.time())
         ready = [cfg for cfg in start if cfg.stage not in backoff]
         started, errors = [], []
-        async with self.d.users.admission(self.owner, len(ready), self.d.store.count_pending) as grant:
+        async with self.users.admission(self.owner, len(ready), self.store.count_pending) as grant:
             for cfg in ready[:grant.count]:
                 try:
                     started.append(await self._start(cfg))
@@ -281,7 +283,7 @@ class Replicas:
         ``BACKOFF_MAX_S``) and counts from the last failure's end; a replica
         that COMPLETED ends the streak, a cancelled one is neither.
         """
-        rows = await self.d.store.fetch(
+        rows = await self.store.fetch(
             "SELECT p.stage, t.state, t.ended_at FROM pipeline_tasks p JOIN tasks t ON t.id = p.task_id "
             "WHERE p.pipeline_id=? AND t.state NOT IN ('PENDING', 'RUNNING', 'CANCELLED') "
             "ORDER BY p.task_id DESC LIMIT ?", (self.pipeline_id, BACKOFF_LOOKBACK))
@@ -303,19 +305,14 @@ class Replicas:
 
     async def _start(self, cfg: StageConfig) -> int:
         spec = replica_spec(self.spec.template, self.pipeline_id, self.name, self.owner, cfg)
-        task_id, _, _ = await self.d.submit(spec)
-
-        async def op(db):
-            await db.execute("INSERT INTO pipeline_tasks (task_id, pipeline_id, stage, variant, batch) "
-                             "VALUES (?, ?, ?, ?, ?)", (task_id, self.pipeline_id, cfg.stage, cfg.variant, cfg.batch))
-        await self.d.store.write(op)
-        return task_id
+        link = ReplicaLink(self.pipeline_id, cfg.stage, cfg.variant, cfg.batch)
+        return (await self.intake.submit(spec, link)).task_id  # task and pipeline_tasks row: one transaction
 
     async def _cancel(self, task_ids: list[int], reason: str, errors: list[str]) -> list[int]:
         done = []
         for task_id in task_ids:
             try:
-                await self.d.cancel(task_id, reason)
+                await self.intake.cancel(task_id, reason)
             except OaasError as exc:  # mid-launch: the next interval tries again
                 errors.append(f"task {task_id}: {exc.message}")
                 continue

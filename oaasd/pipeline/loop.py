@@ -28,11 +28,14 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from oaasd.config import Settings
 from oaasd.errors import NotFoundError, StorageFullError, ValidationFailedError
+from oaasd.models import parse_model
 from oaasd.pipeline import Decision, Pipeline, PredictorSpec, plan, solve, solve_greedy
 from oaasd.pipeline.actuators import (
     ActuatorSpec,
@@ -50,12 +53,12 @@ from oaasd.pipeline.sources import (
     read_load,
     registrable,
 )
+from oaasd.ports import Intake
+from oaasd.service.auth import Users
 from oaasd.service.background import Background
 from oaasd.service.outbound import Client, privileged
 from oaasd.service.pools import SOLVE
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
+from oaasd.store.db import Store
 
 log = logging.getLogger("oaasd.pipelines")
 
@@ -84,7 +87,6 @@ class Registration(BaseModel):
 
 def parse_registration(body: bytes, load_dir) -> Registration:
     """A validated registration; 422 naming the field, ``source.path`` when it leaves ``load_dir``."""
-    from oaasd.http.tasks import parse_model
     reg = parse_model(Registration, body)
     if isinstance(reg.source, FileSource) and not registrable(reg.source.path, load_dir):
         raise ValidationFailedError("invalid Registration", [{
@@ -112,16 +114,16 @@ class Live:
 class Pipelines:
     """Every RUNNING pipeline of the daemon and its loop."""
 
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
+    def __init__(self, store: Store, intake: Intake, users: Users, settings: Settings, outbound: Client,
+                 fatal: Callable[[str], None]):
+        self.store = store
+        self.intake = intake
+        self.users = users
+        self.settings = settings  # read at each use: a reload changes who is an admin
+        self.outbound = outbound
         self.live: dict[int, Live] = {}
-        self.bg = Background(daemon.fatal)
-        self.outbound = Client.from_settings(daemon.settings)
-
-    @property
-    def load_dir(self):
-        """The directory file sources must lie in: ``<state_dir>/loads``."""
-        return self.d.state_dir / "loads"
+        self.bg = Background(fatal)
+        self.load_dir = Path(settings.server.state_dir).absolute() / "loads"  # file sources must lie in it
 
     # ---- life cycle -------------------------------------------------
     async def create(self, reg: Registration, owner: str) -> int:
@@ -132,13 +134,13 @@ class Pipelines:
             cur = await db.execute("INSERT INTO pipelines (name, user, state, spec, created_at) "
                                    "VALUES (?, ?, 'RUNNING', ?, ?)", (reg.pipeline.name, owner, spec, now))
             return cur.lastrowid
-        pipeline_id = await self.d.store.write(op)
+        pipeline_id = await self.store.write(op)
         self._start(Live(pipeline_id, reg.pipeline.name, owner, reg))
         return pipeline_id
 
     def privileged(self, user: str) -> bool:
         """Whether ``user``'s sources are fetched under the admins' outbound policy."""
-        return privileged(self.d.settings, user)
+        return privileged(self.settings, user)
 
     def check_destinations(self, reg: Registration, owner: str) -> None:
         """Refuse (422 naming the field) a source or callback URL the outbound policy forbids as written."""
@@ -151,7 +153,7 @@ class Pipelines:
     async def resume(self) -> None:
         """At start: restart the loop of every RUNNING pipeline from the store."""
         self.load_dir.mkdir(parents=True, exist_ok=True)
-        for row in await self.d.store.fetch("SELECT * FROM pipelines WHERE state='RUNNING' ORDER BY id"):
+        for row in await self.store.fetch("SELECT * FROM pipelines WHERE state='RUNNING' ORDER BY id"):
             try:
                 reg = Registration.model_validate_json(row["spec"])
             except ValidationError as exc:  # stored by an older version: stop it, keep the daemon up
@@ -159,11 +161,11 @@ class Pipelines:
                 await self.delete(row["id"])
                 continue
             p = Live(row["id"], row["name"], row["user"], reg)
-            observed = await self.d.store.rows(
+            observed = await self.store.rows(
                 "SELECT observed_rps FROM adaptations WHERE pipeline_id=? AND observed_rps IS NOT NULL "
                 "ORDER BY id DESC LIMIT ?", (p.id, HISTORY))
             p.history.extend(r[0] for r in reversed(observed))
-            last = await self.d.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? "
+            last = await self.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? "
                                            "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1", (p.id,))
             p.last = _configs(last[0][0]) if last else None
             p.applied = {c.stage: c for c in _configs(row["applied"]) or []}
@@ -172,7 +174,7 @@ class Pipelines:
 
     def _start(self, p: Live) -> None:
         if isinstance(p.reg.actuator, TasksActuator):
-            p.replicas = Replicas(self.d, p.id, p.name, p.user, p.reg.actuator)
+            p.replicas = Replicas(self.store, self.intake, self.users, p.id, p.name, p.user, p.reg.actuator)
         self.live[p.id] = p
         p.task = self.bg.spawn(self._loop(p), f"pipeline-{p.id}")
 
@@ -197,7 +199,7 @@ class Pipelines:
         async def op(db):
             await db.execute("UPDATE pipelines SET state='STOPPED', stopped_at=? WHERE id=? AND state='RUNNING'",
                              (time.time(), pipeline_id))
-        await self.d.store.write(op)
+        await self.store.write(op)
 
     async def stop(self) -> None:
         """Daemon shutdown: halt every loop, leave the pipelines RUNNING (a restart resumes them)."""
@@ -245,7 +247,7 @@ class Pipelines:
 
         async def op(db):
             await db.execute("UPDATE pipelines SET applied=? WHERE id=?", (applied, p.id))
-        await self.d.store.write(op)
+        await self.store.write(op)
         return outcome
 
     async def _record(self, pipeline_id: int, row: dict[str, Any]) -> None:
@@ -264,12 +266,12 @@ class Pipelines:
                     "DELETE FROM adaptations WHERE pipeline_id=? AND id < (SELECT id FROM adaptations "
                     "WHERE pipeline_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (pipeline_id, pipeline_id, KEEP_ADAPTATIONS - 1))
-        await self.d.store.write(op)
+        await self.store.write(op)
 
     # ---- views --------------------------------------------------------
     async def row(self, pipeline_id: int) -> dict[str, Any]:
         """A pipeline's stored row, or 404."""
-        rows = await self.d.store.fetch("SELECT * FROM pipelines WHERE id=?", (pipeline_id,))
+        rows = await self.store.fetch("SELECT * FROM pipelines WHERE id=?", (pipeline_id,))
         if not rows:
             raise NotFoundError(f"no pipeline {pipeline_id}", [{"field": "id", "problem": "unknown pipeline id"}])
         return rows[0]
@@ -277,25 +279,25 @@ class Pipelines:
     async def summaries(self, *, user: str | None, state: str | None, before: int | None,
                    limit: int) -> list[dict[str, Any]]:
         """Summaries newest first, filtered by owner and state, ids below ``before``."""
-        rows = await self.d.store.page("pipelines", "*", {"user": user, "state": state}, before, limit)
+        rows = await self.store.page("pipelines", "*", {"user": user, "state": state}, before, limit)
         return [summarize(r) for r in rows]
 
     async def view(self, row: dict[str, Any], limit: int) -> dict[str, Any]:
         """Summary, registration, current configuration and the last ``limit`` adaptations."""
         # Every read stops at the same newest row, so the loop appending meanwhile cannot split the view.
-        key = (row["id"], (await self.d.store.rows(
+        key = (row["id"], (await self.store.rows(
             "SELECT COALESCE(MAX(id), 0) FROM adaptations WHERE pipeline_id=?", (row["id"],)))[0][0])
-        rows = await self.d.store.fetch(f"SELECT {ADAPTATION_COLUMNS} FROM adaptations WHERE pipeline_id=? "
+        rows = await self.store.fetch(f"SELECT {ADAPTATION_COLUMNS} FROM adaptations WHERE pipeline_id=? "
                                         "AND id <= ? ORDER BY id DESC LIMIT ?", (*key, limit))
-        last = await self.d.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? AND id <= ? "
+        last = await self.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? AND id <= ? "
                                        "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1", key)
-        count = await self.d.store.rows("SELECT COUNT(*) FROM adaptations WHERE pipeline_id=? AND id <= ?", key)
+        count = await self.store.rows("SELECT COUNT(*) FROM adaptations WHERE pipeline_id=? AND id <= ?", key)
         out = summarize(row)
         out["registration"] = json.loads(row["spec"])
         out["configuration"] = json.loads(last[0][0]) if last else None
         out["applied"] = None if row["applied"] is None else json.loads(row["applied"])
         if out["actuator"] == "tasks":
-            out["tasks"] = await live_tasks(self.d.store, row["id"])
+            out["tasks"] = await live_tasks(self.store, row["id"])
         out["adaptation_count"] = count[0][0]
         out["adaptations"] = [_adaptation_view(a) for a in rows]
         return out

@@ -1,9 +1,10 @@
-"""Who is calling: users, tokens and roles.
+"""Who is calling: users, tokens, roles, and each user's intake limits.
 
-Handlers never read tokens. The auth middleware (added to the app in
-``create_app``) sets ``request["caller"]``; handlers ask ``caller(request)``
-and check ownership with ``may_see`` / ``require_owner`` / ``require_admin``.
-With auth turned off (loopback only), every caller is the anonymous admin.
+Tokens become callers here (``Users.authenticate``); the HTTP edge
+(``oaasd.http.auth``) names the caller of every request with it and checks
+ownership. With auth turned off (loopback only), every caller is the
+anonymous admin. ``Users.admission`` is the one seam every path that
+creates tasks goes through.
 """
 
 from __future__ import annotations
@@ -18,15 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from oaasd.config import Settings
-from oaasd.errors import (
-    ForbiddenError,
-    NotFoundError,
-    RateLimitedError,
-    UnauthorizedError,
-)
+from oaasd.errors import RateLimitedError, UnauthorizedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,34 +34,9 @@ class Caller:
 ANONYMOUS = Caller("anonymous", admin=True)
 
 
-def caller(request: web.Request) -> Caller:
-    """The caller of a request (the anonymous admin when auth is off)."""
-    return request.get("caller", ANONYMOUS)
-
-
 def may_see(who: Caller, owner: str) -> bool:
     """True when ``who`` may see and act on something owned by ``owner``."""
     return who.admin or who.name == owner
-
-
-def require_owner(request: web.Request, owner: str, what: str) -> None:
-    """Refuse with 404 when the caller may not see ``what`` (its existence is not revealed)."""
-    if not may_see(caller(request), owner):
-        raise NotFoundError(f"no {what}", [{"field": "id", "problem": f"unknown {what.split()[0]} id"}])
-
-
-def require_admin(request: web.Request) -> None:
-    """Refuse with 403 unless the caller is an admin."""
-    who = caller(request)
-    if not who.admin:
-        raise ForbiddenError(f"user {who.name!r} is not an admin",
-                             [{"field": "Authorization", "problem": "admin role required"}])
-
-
-def owner_filter(request: web.Request) -> str | None:
-    """The user to restrict a listing to: None for admins, the caller otherwise."""
-    who = caller(request)
-    return None if who.admin else who.name
 
 
 def token_hash(token: str) -> str:
@@ -202,12 +171,12 @@ class Users:
             f"user {owner!r} is over {lim.submit_rate:g} submissions/s", wait,
             [{"field": "rate", "problem": f"at most {lim.submit_rate:g}/s (burst {bucket.burst:g})"}])
 
-    def replace(self, settings: Settings) -> "Users":
-        """The users of new settings, keeping the rate buckets of those still there."""
+    def reload(self, settings: Settings) -> None:
+        """Take the users of new settings in place, keeping the rate buckets of those still there
+        (every part holding these Users sees the change)."""
         fresh = Users(settings)
-        fresh._buckets = {k: v for k, v in self._buckets.items() if k in fresh._limits or not fresh.on}
-        fresh.inflight = self.inflight
-        return fresh
+        self._buckets = {k: v for k, v in self._buckets.items() if k in fresh._limits or not fresh.on}
+        self.on, self._users, self._limits, self._default = fresh.on, fresh._users, fresh._limits, fresh._default
 
 
 @dataclass(frozen=True)
@@ -233,19 +202,3 @@ def _pending_refusal(owner: str, cap: int) -> RateLimitedError:
 
 def _pick(own: Any, default: Any) -> Any:
     return default if own is None else own
-
-
-OPEN_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
-
-
-def auth_middleware(users_of):
-    """Middleware naming the caller of every request (401 without a valid token when auth is on).
-
-    ``users_of(app)`` returns the current ``Users`` (a reload replaces them).
-    """
-    @web.middleware
-    async def authenticate(request: web.Request, handler):
-        if request.path not in OPEN_PATHS:
-            request["caller"] = users_of(request.app).authenticate(request.headers.get("Authorization"))
-        return await handler(request)
-    return authenticate

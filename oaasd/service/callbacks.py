@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
+from oaasd.config import Settings
+from oaasd.ports import TaskEnd
 from oaasd.service.background import Background
+from oaasd.service.metrics import Metrics
 from oaasd.service.outbound import Client, DeniedError, OutboundError, privileged
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
+from oaasd.store.db import Store
 
 PAYLOAD_FIELDS = ("name", "state", "reason", "message", "ended_at")
 # Ended tasks with a callback_url but no callbacks row: the daemon stopped between
@@ -48,30 +49,37 @@ def payload_of(row: dict[str, Any]) -> dict[str, Any]:
 class Callbacks:
     """Records and delivers the callbacks of ended tasks."""
 
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
-        self.cfg = daemon.settings.callbacks
-        self.bg = Background(daemon.fatal)
-        self.outbound = Client.from_settings(daemon.settings)
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics, outbound: Client,
+                 fatal: Callable[[str], None]):
+        self.store = store
+        self.settings = settings  # read at each use: a reload changes who is an admin
+        self.cfg = settings.callbacks
+        self.metrics = metrics
+        self.outbound = outbound
+        self.bg = Background(fatal)
 
     def check_url(self, url: str | None, owner: str) -> None:
         """Refuse (422 on ``callback_url``) a URL the owner's outbound policy forbids as written."""
         if url is not None:
-            self.outbound.policy.check_registered(url, "callback_url", privileged(self.d.settings, owner))
+            self.outbound.policy.check_registered(url, "callback_url", privileged(self.settings, owner))
 
     async def start(self) -> None:
         """Resume deliveries left PENDING, record those never recorded."""
-        for row in await self.d.store.fetch(
+        for row in await self.store.fetch(
                 "SELECT c.task_id, c.url, c.payload, c.attempts, t.user FROM callbacks c JOIN tasks t "
                 "ON t.id = c.task_id WHERE c.state='PENDING' ORDER BY c.task_id"):
             self._spawn(row["task_id"], row["url"], row["payload"], row["attempts"], row["user"])
-        for task_id, spec in await self.d.store.rows(UNRECORDED):
+        for task_id, spec in await self.store.rows(UNRECORDED):
             await self.task_final(task_id, json.loads(spec).get("callback_url"))
 
     async def stop(self) -> None:
         """Cancel the deliveries in flight (their rows stay PENDING) and close the client."""
         await self.bg.cancel_all()
         await self.outbound.close()
+
+    async def task_ended(self, end: TaskEnd) -> None:
+        """The ``task_ended`` hook: deliver the ended task's callback, when it has a callback_url."""
+        await self.task_final(end.task_id, end.callback_url)
 
     async def task_final(self, task_id: int, url: str | None) -> None:
         """A task ended: when it has a callback_url, commit its callback row, then deliver it.
@@ -80,19 +88,19 @@ class Callbacks:
         """
         if url is None:
             return
-        row = await self.d.store.get_task(task_id)
+        row = await self.store.get_task(task_id)
         payload = json.dumps(payload_of(row))
 
         async def op(db):
             cur = await db.execute("INSERT OR IGNORE INTO callbacks (task_id, url, payload, state, created_at) "
                                    "VALUES (?,?,?,'PENDING',?)", (task_id, url, payload, time.time()))
             return cur.rowcount == 1
-        if await self.d.store.write(op):
+        if await self.store.write(op):
             self._spawn(task_id, url, payload, 0, row["user"])
 
     async def view(self, task_id: int) -> dict[str, Any] | None:
         """The delivery record of a task's callback, or None when it has none (yet)."""
-        rows = await self.d.store.fetch(
+        rows = await self.store.fetch(
             "SELECT url, state, attempts, last_status, last_error, created_at, last_at, delivered_at "
             "FROM callbacks WHERE task_id=?", (task_id,))
         return rows[0] if rows else None
@@ -109,11 +117,11 @@ class Callbacks:
         for attempt in range(done + 1, last + 1):
             if attempt > 1:
                 await asyncio.sleep(self.backoff(attempt - 1))
-            status, error, denied = await self._post(url, payload, privileged(self.d.settings, owner))
+            status, error, denied = await self._post(url, payload, privileged(self.settings, owner))
             delivered = error is None
             state = "DELIVERED" if delivered else "FAILED" if attempt == last or denied else "PENDING"
             await self._record(task_id, attempt, status, error, state)
-            self.d.metrics.callbacks.labels("delivered" if delivered else "error").inc()
+            self.metrics.callbacks.labels("delivered" if delivered else "error").inc()
             if delivered or state == "FAILED":
                 return
 
@@ -136,4 +144,4 @@ class Callbacks:
             await db.execute("UPDATE callbacks SET state=?, attempts=?, last_status=?, last_error=?, last_at=?, "
                              "delivered_at=? WHERE task_id=?",
                              (state, attempt, status, error, now, now if state == "DELIVERED" else None, task_id))
-        await self.d.store.write(op)
+        await self.store.write(op)

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import Counter, deque
 from typing import Any, Callable
+
+from oaasd.ports import EventSink
+
+log = logging.getLogger("oaasd")
 
 QUEUE_SIZE = 1000
 FLUSH_S = 0.02  # a burst of events reaches each stream in one write, at most this late
@@ -137,3 +142,16 @@ class EventHub:
     def subscribers_of(self, owner: str | None) -> int:
         """How many subscriptions ``owner`` has open."""
         return self._owners[owner]
+
+
+def publish_state(sink: EventSink, task_id: int, old: str | None, new: str, reason: str,
+                  message: str | None = None, result: Any = None, node: str | None = None) -> None:
+    """Tell ``sink`` about a committed state change of a task (and log it, one line)."""
+    where = f" on {node}" if node else ""
+    log.info("task %d: %s -> %s (%s)%s%s", task_id, old and str(old), str(new), reason, where,
+             f": {message}" if message else "", extra={"task": task_id, "node": node})
+    event = {"type": "state", "task_id": task_id, "old": old and str(old), "new": str(new),
+             "reason": str(reason), "message": message}
+    if result is not None:
+        event["result"] = result
+    sink.publish(event)

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from typing import TYPE_CHECKING
+from typing import Any, Sequence
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
 
-from oaasd.http.tasks import DAEMON
-from oaasd.service.cluster import NODE_STATES, resources
+from oaasd.service.cluster import NODE_STATES, Cluster, resources
 from oaasd.states import State
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
-
-routes = web.RouteTableDef()
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -67,33 +59,22 @@ class Metrics:
             self.failures.labels(state.value, str(reason)).inc()
 
     # ---- scrape -------------------------------------------------------
-    async def refresh(self, d: "Daemon") -> None:
-        """Set the gauges from the store (one GROUP BY) and from memory."""
-        counts = dict(await d.store.rows("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+    def refresh(self, counts: dict[str, int], queue: Sequence[Any], cluster: Cluster, subscribers: int) -> None:
+        """Set the gauges: tasks by state (``counts``, one GROUP BY), the queue, nodes, resources, streams."""
         for state in State:
             self.tasks.labels(state.value).set(counts.get(state.value, 0))
-        queue = d.scheduler.queue
         self.queue_length.set(len(queue))
         oldest = min((e.submitted_at for e in queue), default=None)
         self.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
-        self._cluster(d)
-        self.subscribers.set(d.events.subscribers)
+        self._cluster(cluster)
+        self.subscribers.set(subscribers)
 
-    def _cluster(self, d: "Daemon") -> None:
-        states = Tally(d.cluster.states().values())
+    def _cluster(self, cluster: Cluster) -> None:
+        states = Tally(cluster.states().values())
         for state in NODE_STATES:
             self.nodes.labels(state).set(states.get(state, 0))
-        table = d.cluster.table
+        table = cluster.table
         for name, value in resources(table.total.sum(axis=0)).items():
             self.capacity.labels(name).set(value)
         for name, value in resources(table.free[table.schedulable].sum(axis=0)).items():
             self.free.labels(name).set(value)
-
-
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    """The daemon's registry in the exposition format the scraper accepts (Prometheus text by default)."""
-    d = request.app[DAEMON]
-    await d.metrics.refresh(d)
-    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return web.Response(body=encode(d.metrics.registry), headers={"Content-Type": content_type})

@@ -15,24 +15,24 @@ import bisect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from oaasd.core.placement import place as pl
-from oaasd.service.cluster import request_key
+from oaasd.ports import Placed, Policy
+from oaasd.service.cluster import Cluster, request_key
+from oaasd.service.metrics import Metrics
 from oaasd.states import Reason
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
 
 log = logging.getLogger("oaasd.scheduler")
 
 
 @dataclass(order=True, slots=True)
 class Pending:
-    """One queued task, ordered by priority (high first) then id."""
+    """One queued task, ordered by its policy key."""
 
-    key: tuple[int, int]
+    key: tuple
     task_id: int = field(compare=False)
+    priority: int = field(compare=False)
     submitted_at: float = field(compare=False)
     request: pl.Request = field(compare=False)
 
@@ -40,8 +40,13 @@ class Pending:
 class Scheduler:
     """Places pending tasks whenever something could have changed."""
 
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
+    def __init__(self, cluster: Cluster, policy: Policy, on_placed: Callable[[Placed], None], metrics: Metrics,
+                 max_pass: int = 1000):
+        self.cluster = cluster
+        self.policy = policy
+        self.on_placed = on_placed  # resources are reserved before it is called
+        self.metrics = metrics
+        self.max_pass = max_pass
         self.queue: list[Pending] = []
         self._ids: dict[int, Pending] = {}
         self.reasons: dict[int, tuple[str, dict[str, int]]] = {}
@@ -54,13 +59,24 @@ class Scheduler:
 
     @property
     def queue_length(self) -> int:
+        """How many tasks wait in the queue."""
         return len(self.queue)
+
+    def configure(self, policy: Policy, max_pass: int) -> None:
+        """Apply a reloaded ``[scheduler]``: a new policy re-sorts the queue."""
+        self.max_pass = max_pass
+        if policy != self.policy:
+            self.policy = policy
+            for entry in self.queue:
+                entry.key = policy.key(entry.priority, entry.task_id, entry.submitted_at)
+            self.queue.sort()
+        self.wake()
 
     def add(self, task_id: int, priority: int, submitted_at: float, request: pl.Request) -> None:
         """Queue a task (at start, on submit, on requeue)."""
         if task_id in self._ids:
             return
-        entry = Pending((-priority, task_id), task_id, submitted_at, request)
+        entry = Pending(self.policy.key(priority, task_id, submitted_at), task_id, priority, submitted_at, request)
         bisect.insort(self.queue, entry)
         self._ids[task_id] = entry
         self._fresh.append(entry)
@@ -104,7 +120,7 @@ class Scheduler:
         older entry already failed against these same free arrays, so only
         the new ones are tried; otherwise the head of the queue.
         """
-        limit = self.d.settings.scheduler.max_pass
+        limit = self.max_pass
         fresh, self._fresh = self._fresh, []
         if self._changed:
             self._changed = False
@@ -115,7 +131,7 @@ class Scheduler:
     async def run_once(self) -> int:
         """One pass over the candidates; returns how many started."""
         started = time.perf_counter()
-        cluster = self.d.cluster
+        cluster = self.cluster
         entries = self.candidates()  # may reset the refusal cache
         refused = self._refused  # same request shape, same free arrays: same answer
         todo: list[Pending] = []
@@ -137,9 +153,9 @@ class Scheduler:
         for entry, placed in chosen:
             self.discard(entry.task_id)
             cluster.reserve(entry.task_id, entry.request, placed)
-            self.d.dispatch(entry.task_id, entry.request, placed)
+            self.on_placed(Placed(entry.task_id, entry.request, placed))
         self.last_pass_s = time.perf_counter() - started
-        self.d.metrics.pass_seconds.observe(self.last_pass_s)
+        self.metrics.pass_seconds.observe(self.last_pass_s)
         self.passes += 1
         return len(chosen)
 

@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable
 import aiosqlite
 
 from oaasd.errors import ConflictError, NotFoundError, StartupError, StorageFullError
+from oaasd.ports import Link, TrialLink
 from oaasd.states import Reason, State, check_transition
 from oaasd.store.schema import MIGRATIONS
 
@@ -239,9 +240,36 @@ class Store:
             fut.set_result(result)
 
     # ---- submissions ------------------------------------------------
-    async def submit(self, task: NewTask) -> tuple[int, bool]:
-        """Insert a task as PENDING; return (id, created). Idempotent by key."""
-        return await self._submit_op(task)
+    async def submit(self, task: NewTask, link: Link | None = None) -> tuple[int, bool]:
+        """Insert a task as PENDING; return (id, created). Idempotent by key.
+
+        A ``link`` (the trial row of a tuning's trial, the ``pipeline_tasks``
+        row of a replica) is inserted in the same transaction as its task, so
+        a crash can never leave one without the other. A trial of a tuning
+        that is no longer RUNNING is refused with ConflictError.
+        """
+        if link is None:
+            return await self._submit_op(task)  # batched with every submission queued meanwhile
+
+        async def op(db):
+            if isinstance(link, TrialLink):
+                async with db.execute("SELECT state FROM tunings WHERE id=?", (link.tuning_id,)) as cur:
+                    row = await cur.fetchone()
+                if row is None or row[0] != "RUNNING":
+                    raise ConflictError(f"tuning {link.tuning_id} is not RUNNING")
+            ((task_id, created),) = await self._insert_tasks(db, [task])
+            await self._insert_link(db, task_id, link)
+            return task_id, created
+        return await self.write(op)
+
+    @staticmethod
+    async def _insert_link(db: aiosqlite.Connection, task_id: int, link: Link) -> None:
+        if isinstance(link, TrialLink):
+            await db.execute("INSERT INTO trials (task_id, tuning_id, config, baseline) VALUES (?,?,?,?)",
+                             (task_id, link.tuning_id, json.dumps(link.config), int(link.baseline)))
+        else:
+            await db.execute("INSERT INTO pipeline_tasks (task_id, pipeline_id, stage, variant, batch) "
+                             "VALUES (?, ?, ?, ?, ?)", (task_id, link.pipeline_id, link.stage, link.variant, link.batch))
 
     async def _insert_tasks(self, db: aiosqlite.Connection, new: list[NewTask]) -> list[tuple[int, bool]]:
         """Insert a batch with one executemany; ids are assigned here (one writer)."""
@@ -396,23 +424,6 @@ class Store:
         rows = await self.fetch("SELECT name, config, source, intent, reason, intent_user, intent_at FROM nodes")
         return [{**r, "config": json.loads(r["config"])} for r in rows]
 
-    # ---- tunings (the rest of their SQL is in tuning_store.py) -------
-    async def submit_trial(self, task: NewTask, tuning_id: int, config: dict[str, Any], baseline: bool) -> int:
-        """Insert a trial's task (PENDING, parent_id set) and its trial row in one transaction.
-
-        Refused with ConflictError when the tuning is no longer RUNNING.
-        """
-        async def op(db):
-            async with db.execute("SELECT state FROM tunings WHERE id=?", (tuning_id,)) as cur:
-                row = await cur.fetchone()
-            if row is None or row[0] != "RUNNING":
-                raise ConflictError(f"tuning {tuning_id} is not RUNNING")
-            ((task_id, _),) = await self._insert_tasks(db, [task])
-            await db.execute("INSERT INTO trials (task_id, tuning_id, config, baseline) VALUES (?,?,?,?)",
-                             (task_id, tuning_id, json.dumps(config), int(baseline)))
-            return task_id
-        return await self.write(op)
-
     # ---- reads ------------------------------------------------------
     async def rows(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
         """Run one read to completion; return its rows."""
@@ -466,6 +477,10 @@ class Store:
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self.fetch(f"SELECT {columns} FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many tasks are in each state (one GROUP BY over the ``tasks_state_id`` index)."""
+        return dict(await self.rows("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
 
     async def count_pending(self, user: str) -> int:
         """How many PENDING tasks a user holds."""

@@ -7,7 +7,7 @@ state='RUNNING'``), so two observations of one trial cannot both count,
 and a finished worker trial is never changed again except to attach the
 metrics of the one observation a worker sends after being told to stop.
 Daemon-run trials are tasks: their trial rows are inserted together with
-the task by ``Store.submit_trial`` (the writer assigns task ids there).
+the task by ``Store.submit`` with a ``TrialLink`` (the writer assigns task ids there).
 """
 
 from __future__ import annotations

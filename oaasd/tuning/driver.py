@@ -8,90 +8,58 @@ decides is recomputed from the store on every step (a trial ended, a time
 budget ran out, a restart), so a crash loses nothing but the GP's warm
 start. Per tuning, one lock orders the steps; cancelling trials happens
 outside it, because a pending trial's cancel calls back into
-``on_task_final``.
+``task_ended`` (the hook this driver subscribes to).
+
+Trials are submitted through the one ``Intake`` verb (the trial row is its
+link, committed with the task); the driver never reaches into the
+scheduler, the runner or the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Coroutine
 
-from pydantic import ValidationError
-
-from oaasd.errors import (
-    ConflictError,
-    UnsatisfiableError,
-    ValidationFailedError,
-    pydantic_detail,
-)
+from oaasd.errors import ConflictError, UnsatisfiableError
 from oaasd.models import TaskSpec
-from oaasd.service.auth import Grant
+from oaasd.ports import EventSink, Intake, MetricsReport, TaskEnd, TrialLink
+from oaasd.service.auth import Grant, Users
 from oaasd.service.background import Background
 from oaasd.service.pools import SUGGEST
 from oaasd.states import Reason, State
-from oaasd.store.db import NewTask
+from oaasd.store.db import Store
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner, TuningDescription, space_fingerprint
-
-if TYPE_CHECKING:
-    from oaasd.service.daemon import Daemon
-    from oaasd.service.runner import Run
+from oaasd.tuning.trials import (
+    ACTIVE,
+    CANCEL_ACTIVE,
+    FAILED_STATES,
+    FAILING_REASONS,
+    best_of,
+    brief,
+    series_of,
+    summarize,
+    to_trial,
+    trial_template,
+    trial_view,
+)
+from oaasd.tuning.workers import Workers
 
 log = logging.getLogger("oaasd.tunings")
-
-ACTIVE = (State.PENDING.value, State.RUNNING.value)
-FAILED_STATES = (State.FAILED.value, State.TIMEOUT.value, State.NODE_FAIL.value)
-FAILING_REASONS = ("BaselineFailed", "AllTrialsFailed", "Unsatisfiable")  # the tuning ends FAILED
-CANCEL_ACTIVE = ("TimeBudget", "FirstFeasible")  # running trials no longer matter
-RESOURCE_KEYS = ("cpus", "memory_mb", "gpus", "cores")  # template shorthands for ``resources``
-
-
-def trial_template(raw: dict[str, Any] | None) -> TaskSpec | None:
-    """The task template of a tuning's trials (None: external workers run them); 422 naming ``trial.<field>``.
-
-    Accepts the task schema, plus resource keys at the top level
-    (``cpu_milli``, ``cpus``, ``memory_mb``, ``gpus``) as in
-    ``examples/quantize/tuning.json``.
-    """
-    if raw is None:
-        return None
-    spec = dict(raw)
-    for key in ("trial_config", "idempotency_key"):
-        if key in spec:
-            raise ValidationFailedError("invalid tuning", [{"field": f"trial.{key}", "type": "forbidden",
-                                                            "problem": "set by the daemon per trial"}])
-    resources = dict(spec.get("resources") or {})
-    if "cpu_milli" in spec:
-        milli = spec.pop("cpu_milli")
-        resources["cpus"] = milli / 1000 if isinstance(milli, (int, float)) and not isinstance(milli, bool) else milli
-    for key in RESOURCE_KEYS:
-        if key in spec:
-            resources[key] = spec.pop(key)
-    if resources:
-        spec["resources"] = resources
-    try:
-        return TaskSpec.model_validate(spec, strict=True)
-    except ValidationError as exc:
-        detail = [{**d, "field": f"trial.{d['field']}"} for d in pydantic_detail(exc)]
-        raise ValidationFailedError("invalid trial task template", detail) from None
-
-
-def to_trial(row: dict[str, Any]) -> Trial:
-    """A stored trial row as the tuner's ``Trial``."""
-    return Trial(row["trial_id"], row["config"], row["state"], row["result"], row["baseline"])
 
 
 class Tunings:
     """Every live tuning of the daemon: its Tuner, trial template, history and intermediate series."""
 
-    def __init__(self, daemon: "Daemon"):
-        from oaasd.tuning.workers import Workers  # it builds on this module's helpers
-        self.d = daemon
-        self.db = TuningStore(daemon.store)
-        self.workers = Workers(self)
+    def __init__(self, store: Store, intake: Intake, users: Users, events: EventSink, fatal: Callable[[str], None]):
+        self.store = store
+        self.db = TuningStore(store)
+        self.intake = intake
+        self.users = users
+        self.events = events
+        self.workers = Workers(self.db, self)
         self.tuners: dict[int, Tuner] = {}
         self.templates: dict[int, TaskSpec] = {}  # daemon-run tunings only
         self.prior: dict[int, list[Trial]] = {}  # use_history: earlier tunings' finished trials
@@ -103,7 +71,7 @@ class Tunings:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._retries: dict[int, asyncio.TimerHandle] = {}  # held back by the owner's limits: step again
         self.quota_wait: dict[int, dict[str, Any]] = {}  # tuning -> the limit holding it back
-        self.bg = Background(daemon.fatal)
+        self.bg = Background(fatal)
 
     # ---- intake -----------------------------------------------------
     async def create(self, raw: dict[str, Any], desc: TuningDescription, template: TaskSpec | None,
@@ -113,10 +81,7 @@ class Tunings:
         Without a template, the tuning waits for its owner's workers to ask.
         """
         if template is not None:
-            request = self.d.cluster.request_for(template)
-            refusal = self.d.cluster.never_fits(request)
-            if refusal is not None:
-                raise UnsatisfiableError("no node could ever hold a trial", self.d.cluster.refusal_detail(refusal))
+            self.intake.request_for(template, "no node could ever hold a trial")
         name = desc.name or "tuning"
         tuning_id, created_at = await self.db.create_tuning(name, owner, raw, space_fingerprint(desc))
         await self._load(tuning_id, raw, created_at, owner)
@@ -168,8 +133,8 @@ class Tunings:
                     continue
                 self.trial_of[t["task_id"]] = tuning_id
                 if metric is not None:
-                    rows = await self.d.store.task_metrics(t["task_id"])
-                    self.series[tuning_id][t["task_id"]] = _series([m["data"] for m in rows], metric)
+                    rows = await self.store.task_metrics(t["task_id"])
+                    self.series[tuning_id][t["task_id"]] = series_of([m["data"] for m in rows], metric)
             log.info("tuning %d: resumed", tuning_id)
             await self.step(tuning_id)
 
@@ -195,7 +160,7 @@ class Tunings:
                 await self.end(tuning_id, reason)
         for task_id in cancel:  # each cancel ends a trial, whose final state steps again
             try:
-                await self.d.cancel(task_id, reason)
+                await self.intake.cancel(task_id, reason)
             except ConflictError as exc:  # mid-launch: the next step cancels it, or it ends by itself
                 log.warning("tuning %d: %s", tuning_id, exc)
 
@@ -238,7 +203,7 @@ class Tunings:
         """
         room = self.tuners[tuning_id].room(trials)
         owner = self.templates[tuning_id].user
-        async with self.d.users.admission(owner, room, self.d.store.count_pending) as grant:
+        async with self.users.admission(owner, room, self.store.count_pending) as grant:
             suggestions = await self.suggest(tuning_id, trials, grant.count) if grant.count else []
             reason = await self._submit_all(tuning_id, suggestions, len(trials))
         self._wait_for_quota(tuning_id, grant if grant.count < room else None)
@@ -260,19 +225,16 @@ class Tunings:
 
     async def _submit_all(self, tuning_id: int, suggestions: list[Suggestion], count: int) -> str | None:
         template = self.templates[tuning_id]
-        request = self.d.cluster.request_for(template)
-        if suggestions and self.d.cluster.never_fits(request) is not None:
-            return "Unsatisfiable"  # the nodes changed since the tuning was accepted
         for k, s in enumerate(suggestions, start=count + 1):
             name = f"{self.tuners[tuning_id].description.name or 'tuning'}-{'baseline' if s.baseline else k}"
             spec = template.model_copy(update={"trial_config": s.config, "name": name[:200]})
-            task = NewTask.from_spec(spec, parent_id=tuning_id)
             try:
-                task_id = await self.d.store.submit_trial(task, tuning_id, s.config, s.baseline)
+                task_id = (await self.intake.submit(spec, TrialLink(tuning_id, s.config, s.baseline))).task_id
+            except UnsatisfiableError:
+                return "Unsatisfiable"  # the nodes changed since the tuning was accepted
             except ConflictError:  # cancelled meanwhile
                 return None
             self.trial_of[task_id] = tuning_id
-            self.d.queued(task_id, task, request)
         return None
 
     async def end(self, tuning_id: int, reason: str) -> None:
@@ -280,7 +242,7 @@ class Tunings:
         state = "FAILED" if reason in FAILING_REASONS else "COMPLETED"
         if await self.db.end_tuning(tuning_id, state, reason):
             log.info("tuning %d: %s (%s)", tuning_id, state, reason)
-            self.d.events.publish({"type": "tuning", "tuning_id": tuning_id, "state": state, "reason": reason})
+            self.events.publish({"type": "tuning", "tuning_id": tuning_id, "state": state, "reason": reason})
         self._forget(tuning_id)
 
     async def cancel(self, tuning_id: int) -> bool:
@@ -295,21 +257,22 @@ class Tunings:
             self._forget(tuning_id)
         for r in rows:
             if r["state"] in ACTIVE and r["task_id"] is not None:
-                await self.d.cancel(r["task_id"])
+                await self.intake.cancel(r["task_id"], Reason.CANCELLED_BY_USER)
         return True
 
-    # ---- hooks from the daemon ----------------------------------------
-    async def on_task_final(self, task_id: int, state: State, result: Any) -> None:
-        """A task ended: when it is a trial, its tuning takes its next step."""
-        tuning_id = self.trial_of.get(task_id)
+    # ---- hooks ------------------------------------------------------
+    async def task_ended(self, end: TaskEnd) -> None:
+        """The ``task_ended`` hook: when the task is a trial, its tuning takes its next step."""
+        tuning_id = self.trial_of.get(end.task_id)
         if tuning_id is None:
             return
-        self.pruning.discard(task_id)
+        self.pruning.discard(end.task_id)
         await self.step(tuning_id)
 
-    async def on_metrics(self, run: "Run", metrics: list[dict[str, Any]]) -> None:
-        """New intermediate metrics of a running trial: stop it early when the pruner says so."""
-        tuning_id = self.trial_of.get(run.task_id)
+    async def metrics_reported(self, report: MetricsReport) -> None:
+        """The ``metrics_reported`` hook: stop a running trial early when the pruner says so."""
+        task_id = report.task_id
+        tuning_id = self.trial_of.get(task_id)
         if tuning_id is None or tuning_id not in self.tuners:
             return
         tuner = self.tuners[tuning_id]
@@ -317,15 +280,15 @@ class Tunings:
         if metric is None:
             return
         series = self.series[tuning_id]
-        series[run.task_id] = _series(run.report.metrics, metric)
-        if run.task_id in self.pruning or run.cancel_reason is not None:
+        series[task_id] = series_of(report.series, metric)
+        if task_id in self.pruning or report.stopping:
             return
-        decision = tuner.should_stop(run.task_id, series[run.task_id], series)
+        decision = tuner.should_stop(task_id, series[task_id], series)
         if decision.stop:
-            self.pruning.add(run.task_id)
-            await self.db.prune_trial(run.task_id, decision.reason)
-            log.info("tuning %d: trial %d stopped early: %s", tuning_id, run.task_id, decision.reason)
-            await self.d.runner.cancel(run.task_id, reason=Reason.EARLY_STOPPED.value)
+            self.pruning.add(task_id)
+            await self.db.prune_trial(task_id, decision.reason)
+            log.info("tuning %d: trial %d stopped early: %s", tuning_id, task_id, decision.reason)
+            await self.intake.stop_running(task_id, Reason.EARLY_STOPPED.value)
 
     # ---- views --------------------------------------------------------
     async def view(self, tuning_id: int) -> dict[str, Any]:
@@ -347,8 +310,8 @@ class Tunings:
         out["prior_observations"] = len(tuner.observations(await self._prior(tuning_id, row), baseline_from=trials)) \
             if d.use_history else 0
         out["thresholds"] = tuner.thresholds(trials)
-        out["best"] = _best(tuner, trials, by_id)
-        out["pareto_front"] = [_brief(by_id[t.trial_id], tuner) for t in tuner.pareto(trials)] \
+        out["best"] = best_of(tuner, trials, by_id)
+        out["pareto_front"] = [brief(by_id[t.trial_id], tuner) for t in tuner.pareto(trials)] \
             if len(d.objectives) > 1 else None
         views = [trial_view(r) for r in rows]
         out["trial_counts"] = {s: sum(v["state"] == s for v in views) for s in sorted({v["state"] for v in views})}
@@ -372,6 +335,28 @@ class Tunings:
         """The lock that orders one tuning's steps."""
         return self._locks.setdefault(tuning_id, asyncio.Lock())
 
+    def tuner(self, tuning_id: int) -> Tuner | None:
+        """The live tuner of a tuning, None once it has ended."""
+        return self.tuners.get(tuning_id)
+
+    def series_of(self, tuning_id: int) -> dict[int, list[tuple[float, float]]]:
+        """The intermediate ``(step, value)`` series of a live tuning's trials, by trial id."""
+        return self.series.setdefault(tuning_id, {})
+
+    def spawn(self, coro: Coroutine, name: str) -> None:
+        """Run a step in the background (a failure stops the daemon)."""
+        self.bg.spawn(coro, name)
+
+    async def row(self, tuning_id: int) -> dict[str, Any]:
+        """A tuning's stored row, or 404."""
+        return await self.db.get_tuning(tuning_id)
+
+    async def summaries(self, *, state: str | None, user: str | None, before: int | None,
+                        limit: int) -> list[dict[str, Any]]:
+        """Summaries newest first, filtered by state and owner, ids below ``before``."""
+        rows = await self.db.list_tunings(state=state, user=user, before=before, limit=limit)
+        return [summarize(r) for r in rows]
+
     def stop(self) -> None:
         """Daemon shutdown: drop timers and pending steps (a restart resumes them)."""
         for timer in (*self._timers.values(), *self._retries.values()):
@@ -379,64 +364,3 @@ class Tunings:
         self.workers.stop()
         for task in list(self.bg.tasks):
             task.cancel()
-
-
-def summarize(row: dict[str, Any]) -> dict[str, Any]:
-    """The list view of a tuning row."""
-    out = {k: row[k] for k in ("id", "name", "user", "state", "reason", "created_at", "ended_at")}
-    out["elapsed_s"] = (row["ended_at"] or time.time()) - row["created_at"]
-    return out
-
-
-def _series(metrics: list[dict[str, Any]], metric: str) -> list[tuple[float, float]]:
-    """``(step, value)`` of one intermediate metric; ``step`` defaults to the line's position."""
-    out = []
-    for i, m in enumerate(metrics, start=1):
-        v, s = m.get(metric), m.get("step", i)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(s, (int, float)):
-            out.append((float(s), float(v)))
-    return out
-
-
-def trial_view(r: dict[str, Any]) -> dict[str, Any]:
-    """One trial as the tuning view shows it (daemon-run: task and node; external: worker)."""
-    state = "PRUNED" if r["pruned"] and r["state"] == State.CANCELLED else r["state"]
-    end = r["ended_at"] if r["ended_at"] is not None else (None if r["started_at"] is None else time.time())
-    duration = r.get("elapsed_s")
-    if duration is None and r["started_at"] is not None:
-        duration = end - r["started_at"]
-    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "baseline": r["baseline"],
-            "state": state, "reason": r["prune_reason"] if state == "PRUNED" else r["reason"],
-            "message": r["message"], "metrics": r["result"], "node": r["node"], "worker_id": r.get("worker_id"),
-            "started_at": r["started_at"], "ended_at": r["ended_at"], "duration_s": duration}
-
-
-def _brief(r: dict[str, Any], tuner: Tuner) -> dict[str, Any]:
-    o = tuner.description.objectives[0]
-    value = (r["result"] or {}).get(o.metric)
-    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "metrics": r["result"],
-            "metric": o.metric, "value": value}
-
-
-def _best(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    """The best feasible trial; when none is feasible, the best completed one, marked so."""
-    best = tuner.best(trials)
-    if best is not None:
-        return {**_brief(by_id[best.trial_id], tuner), "feasible": True}
-    o = tuner.description.objectives[0]
-    done = [t for t in trials if t.state == State.COMPLETED and not t.baseline and t.metrics
-            and isinstance(t.metrics.get(o.metric), (int, float))]
-    if not done:
-        return None
-    sign = 1.0 if o.sense == "minimize" else -1.0
-    t = min(done, key=lambda t: sign * float(t.metrics[o.metric]))
-    return {**_brief(by_id[t.trial_id], tuner), "feasible": False}
-
-
-def parse_description(body: bytes) -> tuple[dict[str, Any], TuningDescription, TaskSpec | None]:
-    """The raw JSON, the validated description and the trial template of a ``POST /v1/tunings``."""
-    from oaasd.http.tasks import parse_model
-    desc = parse_model(TuningDescription, body)
-    raw = json.loads(body)
-    return raw, desc, trial_template(desc.trial)
-

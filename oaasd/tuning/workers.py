@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Coroutine, Protocol
 
 from oaasd.errors import ConflictError, ValidationFailedError
 from oaasd.states import Reason, State
-from oaasd.tuning.driver import ACTIVE, CANCEL_ACTIVE, to_trial, trial_view
-
-if TYPE_CHECKING:
-    from oaasd.tuning import Suggestion, Trial, Tuner
-    from oaasd.tuning.driver import Tunings
+from oaasd.store.tunings import TuningStore
+from oaasd.tuning import Suggestion, Trial, Tuner
+from oaasd.tuning.trials import ACTIVE, CANCEL_ACTIVE, to_trial, trial_view
 
 RETRY_AFTER_S = 0.5
 OUTCOMES = {"SUCCEEDED": (State.COMPLETED, "Observed"), "FAILED": (State.FAILED, "WorkerFailed")}
@@ -52,12 +50,37 @@ def refused(field: str, value: int, problem: str) -> ConflictError:
     return ConflictError(f"{name} {value}: {problem}", [{"field": field, "problem": problem, field: value}])
 
 
-class Workers:
-    """The external-worker side of ``Tunings``: register, suggest, observe, should-stop, deadlines."""
+class Driver(Protocol):
+    """What the workers ask of the tuning driver (``Tunings``): its live tuners, their steps' lock, its decisions."""
 
-    def __init__(self, tunings: "Tunings"):
-        self.t = tunings
-        self.db = tunings.db
+    def lock(self, tuning_id: int) -> asyncio.Lock:
+        """The lock that orders one tuning's steps."""
+
+    def tuner(self, tuning_id: int) -> Tuner | None:
+        """The live tuner of a tuning, None once it has ended."""
+
+    def series_of(self, tuning_id: int) -> dict[int, list[tuple[float, float]]]:
+        """The intermediate ``(step, value)`` series of a live tuning's trials, by trial id."""
+
+    def stop_reason(self, tuning_id: int, rows: list[dict[str, Any]], trials: list[Trial]) -> str | None:
+        """Why a live tuning hands out nothing more, or None."""
+
+    async def suggest(self, tuning_id: int, trials: list[Trial], n: int | None = None) -> list[Suggestion]:
+        """At most ``n`` next configurations."""
+
+    async def end(self, tuning_id: int, reason: str) -> None:
+        """End a tuning and forget it."""
+
+    def spawn(self, coro: Coroutine, name: str) -> None:
+        """Run a step in the background (a failure stops the daemon)."""
+
+
+class Workers:
+    """The external-worker side of a tuning: register, suggest, observe, should-stop, deadlines."""
+
+    def __init__(self, db: TuningStore, driver: Driver):
+        self.t = driver
+        self.db = db
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._batches: dict[int, list[Suggestion]] = {}  # sync: the current round's configurations not handed out
 
@@ -73,7 +96,7 @@ class Workers:
         await self._external(tuning_id)
         await self._check_worker(tuning_id, worker_id)
         async with self.t.lock(tuning_id):
-            if tuning_id not in self.t.tuners:
+            if self.t.tuner(tuning_id) is None:
                 return await self._ended(tuning_id)
             rows, reason = await self._settle(tuning_id)
             mine = [r for r in rows if r["worker_id"] == worker_id and r["state"] in ACTIVE]
@@ -119,7 +142,7 @@ class Workers:
                         {"field": f"metrics.{metric}", "problem": f"early stopping watches {metric!r}"}])
                 value = metrics[metric]
             await self.db.add_report(trial_id, step, value)
-            series = self.t.series.setdefault(tuning_id, {})
+            series = self.t.series_of(tuning_id)
             series.setdefault(trial_id, []).append((step, value))
             decision = tuner.should_stop(trial_id, series[trial_id], series)
             if decision.stop:
@@ -132,7 +155,7 @@ class Workers:
     async def step(self, tuning_id: int) -> None:
         """Expire overdue trials and end the tuning when its tuner says stop (timers, restart)."""
         async with self.t.lock(tuning_id):
-            if tuning_id in self.t.tuners:
+            if self.t.tuner(tuning_id) is not None:
                 await self._settle(tuning_id)
 
     async def _settle(self, tuning_id: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -158,7 +181,7 @@ class Workers:
         return rows, reason
 
     async def _new_trial(self, tuning_id: int, worker_id: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        tuner = self.t.tuners[tuning_id]
+        tuner = self.t.tuner(tuning_id)
         s = await self._next_suggestion(tuning_id, [to_trial(r) for r in rows])
         if s is None:
             if any(r["state"] in ACTIVE for r in rows):
@@ -179,12 +202,13 @@ class Workers:
         recomputes only the part of the round not yet handed out); ``async``
         computes one configuration per suggest.
         """
-        room = self.t.tuners[tuning_id].room(trials)
+        tuner = self.t.tuner(tuning_id)
+        room = tuner.room(trials)
         batch = self._batches.get(tuning_id, [])
         if room == 0:
             return None
         if not batch or len(batch) > room:  # no batch, or one of a round that has ended
-            sync = self.t.tuners[tuning_id].description.parallel_strategy == "sync"
+            sync = tuner.description.parallel_strategy == "sync"
             batch = await self.t.suggest(tuning_id, trials, room if sync else 1)
         self._batches[tuning_id] = batch[1:]
         return batch[0] if batch else None
@@ -197,7 +221,7 @@ class Workers:
         if deadlines:
             delay = max(0.0, min(deadlines) - time.time()) + 0.05
             self._deadlines[tuning_id] = asyncio.get_running_loop().call_later(
-                delay, lambda: self.t.bg.spawn(self.step(tuning_id), f"tuning-{tuning_id}-deadline"))
+                delay, lambda: self.t.spawn(self.step(tuning_id), f"tuning-{tuning_id}-deadline"))
 
     def forget(self, tuning_id: int) -> None:
         """Drop a tuning's deadline timer and its round's batch (it ended)."""
@@ -237,8 +261,8 @@ class Workers:
             raise refused("trial_id", trial_id, f"not a trial of tuning {tuning_id}")
         return row
 
-    def _tuner(self, tuning_id: int) -> "Tuner":
-        tuner = self.t.tuners.get(tuning_id)
+    def _tuner(self, tuning_id: int) -> Tuner:
+        tuner = self.t.tuner(tuning_id)
         if tuner is None:  # its open trials were ended with it
             raise ConflictError(f"tuning {tuning_id} has ended", [{"field": "id", "problem": "the tuning has ended"}])
         return tuner

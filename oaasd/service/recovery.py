@@ -1,0 +1,44 @@
+"""Recovery at start: re-adopt what still runs, requeue what was lost, reload the queue.
+
+After a crash nothing acknowledged is lost: attempts found RUNNING are
+re-adopted when their process still lives (their reservations taken again
+first), otherwise ended as node failures under the retry policy; pending
+tasks rejoin the queue. Cancels a crash interrupted are finished: a
+re-adopted attempt is killed with what is left of its grace, a pending task
+ends CANCELLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from oaasd.models import TaskSpec
+from oaasd.ports import Queue
+from oaasd.service.cluster import Cluster
+from oaasd.service.intake import Intake
+from oaasd.service.runner import Runner
+from oaasd.store.db import Store
+
+log = logging.getLogger("oaasd")
+
+
+async def recover(store: Store, cluster: Cluster, runner: Runner, intake: Intake, queue: Queue,
+                  kill_grace_s: float) -> None:
+    """Re-adopt running attempts, requeue lost ones, reload the queue, finish interrupted cancels."""
+    for row in await store.running_attempts():
+        placed = cluster.placement_from_json(json.loads(row["placement"]))
+        request = cluster.request_for(TaskSpec.model_validate_json(row["spec"]))
+        cluster.reserve(row["task_id"], request, placed)
+        adopted = await runner.adopt(row, cluster.hosts_of(placed))
+        if adopted and row["cancel_reason"] is not None:  # its grace ran on while the daemon was down
+            left = max(0.0, kill_grace_s - (time.time() - row["cancel_requested_at"]))
+            log.info("task %d: finishing the cancel requested before the restart (%.1f s of grace left)",
+                     row["task_id"], left)
+            await runner.cancel(row["task_id"], row["cancel_reason"], grace_s=left)
+    for task_id, priority, submitted_at, spec, cancel_reason in await store.pending_queue():
+        if cancel_reason is not None:
+            await intake.cancel_pending(task_id, cancel_reason, json.loads(spec).get("callback_url"))
+            continue
+        queue.add(task_id, priority, submitted_at, cluster.request_for(TaskSpec.model_validate_json(spec)))

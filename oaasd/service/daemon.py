@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from oaasd.config import Settings
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.errors import (
     ConflictError,
     StartupError,

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.service.cluster import request_key
 from oaasd.states import Reason
 

@@ -171,8 +171,9 @@ class _Pass:
     def keyed(self, req: Request, ok: np.ndarray) -> Placement | Refusal:
         """``select`` + ``take_one`` / ``take_gang`` for best or worst fit, inlined: argmin
         passes on the key, skipping rows whose cores refuse equal shares, each row's
-        capacity as it is taken, a packed gang stopping once its rows hold it; then
-        ``settle``."""
+        capacity as it is taken, a packed gang stopping once its rows hold it, then
+        ``exact`` unless nothing lies within NEAR (one C call) and the chosen rows are
+        exact ties or apart. One method: the daemon's common case, in the fewest calls."""
         k = req.workers
         masked = np.where(ok, self.key, _INF)
         argmin, rows_of, asked = masked.argmin, self.rows_of, req.asked
@@ -206,22 +207,14 @@ class _Pass:
                 break
         if not best:
             return self.refuse(req, 0)
-        return self.settle(req, best, keys, cap, masked)
-
-    def settle(self, req: Request, best: list[int], keys: list[float], cap: list[int],
-               masked: np.ndarray) -> Placement | Refusal:
-        """Take the rows ``keyed`` chose (keys ``keys``, capacities ``cap``), re-ranked by
-        ``exact`` unless nothing left out lies within NEAR of the last (one C call) and the
-        chosen rows are exact ties or apart."""
-        k, rows_of = req.workers, self.rows_of
-        if not (masked[masked.argmin()] > keys[-1] + NEAR and (len(best) == 1 or all(
+        if not (masked[argmin()] > keys[-1] + NEAR and (len(best) == 1 or all(
                 b - a > NEAR or rows_of[i] == rows_of[j] for a, b, i, j in zip(keys, keys[1:], best, best[1:])))):
             ranked = self.exact(req, best, keys, masked, len(best), self.fits(req))
             if ranked != best:
                 best, cap = ranked, [self.holds(req, i) for i in ranked]
-                if not req.spread and len(best) < k and sum(cap) < k:
+                if packed and len(best) < k and sum(cap) < k:
                     return self.fallback(req)  # re-ranking a short prefix left it too small: rare
-        if k == 1 and not req.cores:
+        if k == 1 and not share:
             return self.take_one(req, best[0])
         return self.deal(req, best, cap)
 

@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaasd.core.placement import place as pl  # noqa: E402
+from oaasd.core import placement as pl  # noqa: E402
+from oaasd.core.placement.batch import assign_batch  # noqa: E402
 
 CORES = np.array([4, 8, 16, 32, 64])
 GB_PER_CORE = np.array([2000, 4000, 8000])
@@ -192,7 +193,7 @@ def bench_pass(quick: bool) -> None:
     runs = [("place_queue fit=best            1-8 workers", pl.place_queue, queue, "best", reps),
             ("place_queue fit=least_allocated 1-8 workers", pl.place_queue, queue, "least_allocated", reps),
             ("place_queue fit=best            1 worker   ", pl.place_queue, single, "best", reps),
-            ("assign_batch fit=best           1 worker   ", pl.assign_batch, single, "best",
+            ("assign_batch fit=best           1 worker   ", assign_batch, single, "best",
              max(1, reps // 3))]
     for label, run, q, fit, n in runs:
         wall = median_s(lambda: run(table, q, fit), n)
@@ -277,7 +278,7 @@ def bench_quality() -> None:
         runs = [(f"place_queue {fit}", pl.place_queue, fit) for fit in
                 ("first", "best", "worst", "most_allocated", "least_allocated", "balanced")]
         if batch:
-            runs += [(f"assign_batch {fit}", pl.assign_batch, fit) for fit in ("best", "least_allocated")]
+            runs += [(f"assign_batch {fit}", assign_batch, fit) for fit in ("best", "least_allocated")]
         for name, run, fit in runs:
             t0 = time.perf_counter()
             results = run(table, queue, fit)

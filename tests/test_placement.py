@@ -7,9 +7,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
+from oaasd.core.placement import (
+    Placement,
+    Refusal,
+    Request,
+    Shortfall,
+    checks,
+    cores,
+    select,
+)
 from oaasd.core.placement import scoring as sc
-from oaasd.core.placement.place import Placement, Refusal, Request, Shortfall
+from oaasd.core.placement.batch import assign_batch
 
 
 def table_of(*specs: dict) -> pl.NodeTable:
@@ -161,11 +170,11 @@ def test_check_marks_failing_nodes(reason, request_, expect):
 ])
 def test_static_rows_narrow_and_candidates_check_the_rest(request_, static, cand):
     t = four_nodes()
-    assert pl.static_rows(t, request_).tolist() == static
-    assert pl.candidates(t, request_).tolist() == cand
+    assert checks.static_rows(t, request_).tolist() == static
+    assert checks.candidates(t, request_).tolist() == cand
     t.schedulable[:] = False  # state and use are read per call; the static rows never change
     t.free[:] = 0
-    assert pl.static_rows(t, request_).tolist() == static and pl.candidates(t, request_).tolist() == []
+    assert checks.static_rows(t, request_).tolist() == static and checks.candidates(t, request_).tolist() == []
 
 
 def test_check_reason_codes_are_camel_case_and_ordered():
@@ -244,7 +253,7 @@ def test_rank_partition_and_sort_agree_with_ties():
         idx = np.sort(rng.choice(10_000, m, replace=False))
         score = rng.integers(0, 5, m) / 4.0  # many ties
         order = sorted(range(m), key=lambda i: (-score[i], idx[i]))[:k]
-        assert sc.rank(idx, score, k).tolist() == idx[order].tolist()
+        assert select.rank(idx, score, k).tolist() == idx[order].tolist()
 
 
 # ---------------------------------------------------------------- select
@@ -265,8 +274,8 @@ def identical(n: int, cpus: int = 4) -> pl.NodeTable:
     ([9, 9], 9, [9, 0], [5, 4]),
 ])
 def test_pack_and_spread_slots(cap, k, pack, spread):
-    assert sc.pack_slots(cap, k) == pack
-    assert sc.spread_slots(cap, k) == spread
+    assert select.pack_slots(cap, k) == pack
+    assert select.spread_slots(cap, k) == spread
 
 
 @pytest.mark.parametrize("request_, hosts", [
@@ -337,7 +346,7 @@ def test_per_core_shares_can_refuse_where_cpu_total_fits():
 
 def test_pack_cores_equal_shares_closed_form():
     cf = np.array([[1000, 300, 500, 1000], [250, 250, 250, 0]], np.int64)
-    packed, use = sc.pack_cores(cf, np.array([250, 250], np.int64), np.array([5, 5]))
+    packed, use = cores.pack_cores(cf, np.array([250, 250], np.int64), np.array([5, 5]))
     # row 0: 250s go to core 1 (300: one), core 2 (500: two), then core 0 (four), core 3 (four)
     assert packed.tolist() == [5, 1]
     assert use.tolist() == [[1000, 250, 500, 750], [250, 250, 0, 0]]
@@ -454,7 +463,7 @@ def test_assign_batch_places_what_queue_order_strands():
     reqs = [Request(cpu_milli=4000), Request(cpu_milli=4000, labels={"zone": "a"})]
     greedy = pl.place_queue(t, reqs, "best")
     assert isinstance(greedy[1], Refusal)
-    batch = pl.assign_batch(t, reqs, "best")
+    batch = assign_batch(t, reqs, "best")
     assert [b.hosts for b in batch] == [((1, 1),), ((0, 1),)]
     for r, b in zip(reqs, batch):
         pl.reserve(t, r, b)
@@ -464,13 +473,13 @@ def test_assign_batch_places_what_queue_order_strands():
 def test_assign_batch_refuses_the_rest_and_keeps_order_when_scarce():
     t = identical(1)
     reqs = [Request(cpu_milli=2000), Request(cpu_milli=3000), Request(cpu_milli=2000)]
-    got = pl.assign_batch(t, reqs)
+    got = assign_batch(t, reqs)
     assert isinstance(got[0], Placement) and isinstance(got[2], Placement)
     assert isinstance(got[1], Refusal) and got[1].counts == {"InsufficientCpu": 1}
 
 
 def test_assign_batch_takes_only_single_worker_requests():
     with pytest.raises(ValueError, match="single-worker"):
-        pl.assign_batch(identical(1), [Request(cpu_milli=1, workers=2)])
+        assign_batch(identical(1), [Request(cpu_milli=1, workers=2)])
     with pytest.raises(ValueError, match="single-worker"):
-        pl.assign_batch(identical(1), [Request(cpu_milli=1, exclusive=True)])
+        assign_batch(identical(1), [Request(cpu_milli=1, exclusive=True)])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.core.placement import scoring as sc
+from oaasd.core.placement.cores import pack_cores, pack_equal_row
 
 
 def _table(rng: np.random.Generator, n: int) -> pl.NodeTable:
@@ -134,9 +135,9 @@ def test_pack_equal_row_is_pack_cores_for_equal_shares() -> None:
     for share in (250, 500, 1000):
         shares = np.full(int(rng.integers(1, 4)), share, np.int64)
         limit = rng.integers(0, 4, 200)
-        packed, use = sc.pack_cores(cores, shares, limit)
+        packed, use = pack_cores(cores, shares, limit)
         for row, n, u in zip(cores.tolist(), packed.tolist(), use.tolist()):
-            assert sc.pack_equal_row(row, share, n * len(shares)) == u
+            assert pack_equal_row(row, share, n * len(shares)) == u
 
 
 def _lattice(rng: np.random.Generator, n: int) -> pl.NodeTable:

@@ -6,9 +6,16 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oaasd.core.placement import place as pl
-from oaasd.core.placement import scoring as sc
-from oaasd.core.placement.place import Placement, Refusal, Request
+from oaasd.core import placement as pl
+from oaasd.core.placement import (
+    Placement,
+    Refusal,
+    Request,
+    checks,
+    cores,
+    select,
+)
+from oaasd.core.placement.batch import assign_batch
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FITS = st.sampled_from(sorted(pl.SCORERS))
@@ -58,9 +65,9 @@ def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
     assert p.workers == r.workers and len(set(rows.tolist())) == len(rows)
     assert all(s >= 1 for _, s in p.hosts)
     assert t.schedulable[rows].all()
-    assert not pl.label_mismatch(t, r)[rows].any()
+    assert not checks.label_mismatch(t, r)[rows].any()
     if r.exclusive:
-        assert not pl.not_idle(t, r)[rows].any()
+        assert not checks.not_idle(t, r)[rows].any()
 
 
 @SETTINGS
@@ -129,7 +136,7 @@ def test_place_queue_never_over_commits(t, queue, fit):
 @SETTINGS
 @given(tables(), st.lists(requests(single=True), max_size=15), FITS)
 def test_assign_batch_never_over_commits(t, queue, fit):
-    results = pl.assign_batch(t, queue, fit)
+    results = assign_batch(t, queue, fit)
     greedy = pl.place_queue(t, queue, fit)
     for r, got in zip(queue, results):
         if isinstance(got, Placement):
@@ -190,11 +197,11 @@ def test_pack_cores_matches_reference_best_fit(rows, shares, limits):
     cf = np.array(rows, np.int64)
     lim = np.array(limits[: len(rows)], np.int64)
     sh = np.sort(np.array(shares, np.int64))[::-1].copy()
-    packed, use = sc.pack_cores(cf, sh, lim)
+    packed, use = cores.pack_cores(cf, sh, lim)
     for i, row in enumerate(rows):
         ref_packed, ref_use = python_best_fit(row, shares, int(lim[i]))
         assert packed[i] == ref_packed and use[i].tolist() == ref_use
-    fits = sc.cores_fit(cf, sh)
+    fits = cores.cores_fit(cf, sh)
     assert fits.tolist() == [python_best_fit(row, shares, 1)[0] == 1 for row in rows]
 
 
@@ -210,8 +217,8 @@ def test_slot_dealers_match_one_worker_at_a_time(cap, k):
     for i, c in enumerate(cap):  # fill the best row before the next
         while left and pack[i] < c:
             pack[i], left = pack[i] + 1, left - 1
-    assert sc.spread_slots(cap, k) == spread
-    assert sc.pack_slots(cap, k) == pack
+    assert select.spread_slots(cap, k) == spread
+    assert select.pack_slots(cap, k) == pack
 
 
 @SETTINGS
@@ -225,8 +232,8 @@ def test_candidates_are_the_rows_passing_every_check_but_cores(t, prior, r, drai
             pl.reserve(t, q, got)
     for i in drain:
         t.schedulable[i % len(t.names)] = False
-    assert pl.candidates(t, r).tolist() == np.flatnonzero(pl.passing(t, r, cores=False)).tolist()
-    assert pl.candidates(t.copy(), r).tolist() == pl.candidates(t, r).tolist()  # copies share the cache
+    assert checks.candidates(t, r).tolist() == np.flatnonzero(pl.passing(t, r, cores=False)).tolist()
+    assert checks.candidates(t.copy(), r).tolist() == checks.candidates(t, r).tolist()  # copies share the cache
 
 
 @SETTINGS
@@ -240,7 +247,7 @@ def test_refusal_shortfalls_are_the_largest_eligible_amounts(t, prior, r):
     got = pl.place(t, r)
     if isinstance(got, Placement):
         return
-    eligible = t.schedulable & pl.label_match(t, r)
+    eligible = t.schedulable & checks.label_match(t, r)
     want = []
     if eligible.any():
         free, total = t.free[eligible].max(0), t.total[eligible].max(0)

@@ -32,7 +32,7 @@ async def test_a_blocked_pool_holds_no_other_and_gives_up_on_time():
 
 
 def test_a_call_that_never_returns_does_not_hold_the_exit():
-    code = ("import asyncio, threading; from oaasd.pools import SOURCES\n"
+    code = ("import asyncio, threading; from oaasd.service.pools import SOURCES\n"
             "async def main():\n"
             "    try:\n"
             "        await SOURCES.run(threading.Event().wait, timeout_s=0.1)\n"

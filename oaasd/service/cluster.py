@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from oaasd.config import NodeConfig, Settings
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.models import TaskSpec
 from oaasd.ports import Host
 

@@ -18,7 +18,7 @@ import asyncio
 import json
 from typing import Awaitable, Callable
 
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.errors import ConflictError, UnsatisfiableError
 from oaasd.models import TaskSpec
 from oaasd.ports import (

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from oaasd.core.placement import place as pl
+from oaasd.core import placement as pl
 from oaasd.ports import Placed, Policy
 from oaasd.service.cluster import Cluster, request_key
 from oaasd.service.metrics import Metrics

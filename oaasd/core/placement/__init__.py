@@ -1,0 +1,60 @@
+"""Placement core: which nodes can take a request, and which of them should.
+
+Pure numpy over a struct of arrays, one row per node; no I/O, no asyncio. The
+daemon, the trace simulator and the benchmarks call the same stages, one
+module each, every import pointing down this list:
+
+    table    NodeTable (struct of arrays), Request, Placement; reserve / release
+             subtract / add back in place, bit for bit; records by node name
+    cores    per-core packing of per-process shares (best-fit decreasing),
+             shared by the per-core check and the per-core choice
+    checks   (table, request) -> (n,) bool, nodes that FAIL, one per reason;
+             a Refusal counts them (a "no" is data)
+    scoring  (table, request) -> (n,) float in [0, 1]: least / most allocated,
+             balanced; first, best and worst fit
+    select   place: argmax, ties by node order; a gang of k workers takes the
+             best rows with room, all or nothing; could_ever_fit for intake
+    passes   place_queue: in order, each placement assumed before the next
+    batch    assign_batch: single-worker requests, linear_sum_assignment
+             (import it from ``oaasd.core.placement.batch``: it loads scipy)
+
+The names callers use are re-exported here: ``from oaasd.core.placement import
+place, Request``.
+"""
+
+from oaasd.core.placement.checks import CHECKS, Refusal, Shortfall, failures, passing
+from oaasd.core.placement.passes import place_queue
+from oaasd.core.placement.scoring import SCORERS
+from oaasd.core.placement.select import could_ever_fit, place
+from oaasd.core.placement.table import (
+    RESOURCES,
+    NodeTable,
+    Placement,
+    Request,
+    node_use,
+    placement_from_record,
+    placement_record,
+    release,
+    reserve,
+)
+
+__all__ = [
+    "CHECKS",
+    "RESOURCES",
+    "SCORERS",
+    "NodeTable",
+    "Placement",
+    "Refusal",
+    "Request",
+    "Shortfall",
+    "could_ever_fit",
+    "failures",
+    "node_use",
+    "passing",
+    "place",
+    "place_queue",
+    "placement_from_record",
+    "placement_record",
+    "release",
+    "reserve",
+]

@@ -1,5 +1,5 @@
-"""The lean loop behind ``placement.place_queue``: the same results as ``place`` + reserve
-one request at a time, in fewer numpy calls per request.
+"""One scheduling pass, ``place_queue``: the same results as ``select.place`` +
+``table.assume`` one request at a time, in fewer numpy calls per request.
 
 What it saves, per request:
 
@@ -20,7 +20,7 @@ What it saves, per request:
 - ``first`` takes the first rows with room; the other scorers are computed
   once per request and masked with -inf, ranked by argmax passes;
 - per-core shares of equal size (the common case) are checked and packed on
-  plain ints per row (``shares_fit``, ``scoring.pack_equal_row``), only for
+  plain ints per row (``shares_fit``, ``cores.pack_equal_row``), only for
   the rows the ranking reaches, as ``place`` does;
 - a gang's slot arithmetic, ``use`` and subtraction work on Python ints
   (a copy of ``free`` kept row by row, stored back by scalar);
@@ -36,22 +36,21 @@ and requests whose best rows mostly fail the per-core check go through
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from oaasd.core.placement import place as pl
+from oaasd.core.placement.checks import Refusal, label_match, refuse
+from oaasd.core.placement.cores import pack_equal_row
 from oaasd.core.placement.scoring import (
     BUILTIN,
     absolute_left,
     node_weights,
-    pack_equal_row,
-    pack_slots,
-    rank,
     score_rows,
     scorer,
-    spread_slots,
 )
+from oaasd.core.placement.select import pack_slots, pick, place, rank, spread_slots
+from oaasd.core.placement.table import NodeTable, Placement, Request, assume
 
 _INF = np.inf
 # Keys and scores are sums of at most 3 terms in [0, 1], each off by at most
@@ -67,9 +66,15 @@ def _least(a: np.ndarray) -> float:
     return a[a.argmin()]
 
 
-def place_queue(table: pl.NodeTable, requests: Sequence[pl.Request], fit: str = "best",
-                weights: np.ndarray | None = None) -> list[pl.Placement | pl.Refusal]:
-    """``placement.place_queue``: see there. ``table`` is not changed."""
+def place_queue(table: NodeTable, requests: Sequence[Request], fit: str = "best",
+                weights: np.ndarray | None = None) -> list[Placement | Refusal]:
+    """Place requests in order on a working copy, subtracting each placement before
+    the next (Kubernetes' "assume"); ``table`` itself is not changed.
+
+    A refused request does not block later ones (ordering and backfill are
+    the policy's business). Reserving the placements on ``table`` in the same
+    order cannot fail while ``table`` is unchanged.
+    """
     work = table.copy()
     if not requests:
         return []
@@ -82,7 +87,7 @@ def place_queue(table: pl.NodeTable, requests: Sequence[pl.Request], fit: str = 
 class _Pass:
     """The working copy of one pass and what the pass keeps in step with it."""
 
-    def __init__(self, work: pl.NodeTable, fit: str, weights: np.ndarray | None):
+    def __init__(self, work: NodeTable, fit: str, weights: np.ndarray | None):
         self.work, self.fit, self.weights = work, fit, weights
         self.score_of = scorer(fit)
         self.free = work.free
@@ -136,7 +141,7 @@ class _Pass:
             n = known[share] = sum(map(share.__rfloordiv__, row))  # c // share, looped in C
         return n
 
-    def place(self, req: pl.Request) -> pl.Placement | pl.Refusal:
+    def place(self, req: Request) -> Placement | Refusal:
         """Place one request: here, or through ``place`` for what the loop does not specialise
         (exclusive, more than 8 workers, per-core shares of different sizes)."""
         if req.exclusive or req.workers > 8 or (req.cores and req.shares[0] != req.shares[-1]):
@@ -144,7 +149,7 @@ class _Pass:
         self.held: dict[int, int] = {}  # row -> workers of this request it holds
         base = self.static.get(req.label_key)
         if base is None:
-            base = self.static[req.label_key] = self.work.schedulable & pl.label_match(self.work, req)
+            base = self.static[req.label_key] = self.work.schedulable & label_match(self.work, req)
         ok = None
         for r, x in req.asked:  # one contiguous column per resource
             if ok is None:
@@ -163,12 +168,12 @@ class _Pass:
             return self.take_one(req, best[0])
         return self.take_gang(req, best) if best else self.refuse(req, 0)
 
-    def keyed(self, req: pl.Request, ok: np.ndarray) -> pl.Placement | pl.Refusal:
+    def keyed(self, req: Request, ok: np.ndarray) -> Placement | Refusal:
         """``select`` + ``take_one`` / ``take_gang`` for best or worst fit, inlined: argmin
         passes on the key, skipping rows whose cores refuse equal shares, each row's
         capacity as it is taken, a packed gang stopping once its rows hold it, then
         ``exact`` unless nothing lies within NEAR (one C call) and the chosen rows are
-        exact ties or apart."""
+        exact ties or apart. One method: the daemon's common case, in the fewest calls."""
         k = req.workers
         masked = np.where(ok, self.key, _INF)
         argmin, rows_of, asked = masked.argmin, self.rows_of, req.asked
@@ -182,7 +187,7 @@ class _Pass:
                 break
             masked[i] = _INF
             row, c = rows_of[i], k
-            if share:  # as ``_extremes`` with ``fits``: past 4k + 16 refused rows, place answers
+            if share:  # as ``select.pick`` with ``fits``: past 4k + 16 refused rows, place answers
                 q = self.shares_fit(i, share) // p
                 if not q:
                     refused += 1
@@ -213,7 +218,7 @@ class _Pass:
             return self.take_one(req, best[0])
         return self.deal(req, best, cap)
 
-    def deal(self, req: pl.Request, best: list[int], cap: list[int]) -> pl.Placement | pl.Refusal:
+    def deal(self, req: Request, best: list[int], cap: list[int]) -> Placement | Refusal:
         """Deal k workers over ranked rows that hold ``cap`` each and subtract them:
         ``place``'s slot arithmetic, and ``pack_cores`` for equal shares, on plain ints."""
         k = req.workers
@@ -235,9 +240,9 @@ class _Pass:
         core_use = self.take_cores(req, rows, take) if req.cores else self.no_cores(m)
         for i, u in zip(rows, use):
             self.subtract(i, u)
-        return pl.Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False)
+        return Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False)
 
-    def take_cores(self, req: pl.Request, rows: list[int], take: list[int]) -> np.ndarray:
+    def take_cores(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
         """Pack ``take`` workers' equal shares on each row's cores and subtract them: (m, c) int64."""
         share, p = int(req.shares[0]), len(req.shares)
         core_use = np.array([pack_equal_row(self.cores(i)[0], share, t * p) for i, t in zip(rows, take)], np.int64)
@@ -246,22 +251,22 @@ class _Pass:
             self.cores_of.pop(i, None)
         return core_use
 
-    def fallback(self, req: pl.Request) -> pl.Placement | pl.Refusal:
+    def fallback(self, req: Request) -> Placement | Refusal:
         """``place`` on the working copy, and subtract what it placed."""
-        result = pl.place(self.work, req, self.fit, self.weights)
-        if isinstance(result, pl.Placement):
-            pl._take(self.work, result)  # just placed on work: it fits
+        result = place(self.work, req, self.fit, self.weights)
+        if isinstance(result, Placement):
+            assume(self.work, result)  # just placed on work: it fits
             self.touched(result.nodes.tolist())
         return result
 
-    def fits(self, req: pl.Request) -> Callable[[int], bool] | None:
+    def fits(self, req: Request) -> Callable[[int], bool] | None:
         """Whether one worker's equal per-core shares fit row i (``cores_fit``), or None."""
         if not req.cores:
             return None
         share, p = int(req.shares[0]), len(req.shares)
         return lambda i: self.shares_fit(i, share) >= p
 
-    def select(self, req: pl.Request, ok: np.ndarray) -> list[int] | None:
+    def select(self, req: Request, ok: np.ndarray) -> list[int] | None:
         """The best min(k, m) rows with room, best first, exactly as ``place`` ranks them,
         or for a packed gang just the best rows that hold it (the rows ``place`` would
         use); None when ``place`` itself must answer (many rows fail the per-core check)."""
@@ -269,12 +274,12 @@ class _Pass:
         holds = None if k == 1 or req.spread else (lambda i: self.holds(req, i))
         if self.fit == "first":  # every row scores 1: node order
             masked = np.where(ok, 0.0, _INF)
-            return _extremes(masked, k, fits, holds, masked.argmin, _INF)[0]
+            return pick(masked, k, fits, holds, masked.argmin, _INF)[0]
         if self.sign is None:
             masked = np.where(ok, self.score_of(self.work, req, self.weights), -_INF)
-            return _extremes(masked, k, fits, holds, masked.argmax, -_INF)[0]
+            return pick(masked, k, fits, holds, masked.argmax, -_INF)[0]
         masked = np.where(ok, self.key, _INF)
-        best, keys = _extremes(masked, k, fits, holds, masked.argmin, _INF)
+        best, keys = pick(masked, k, fits, holds, masked.argmin, _INF)
         if not best:
             return best
         ranked = self.exact(req, best, keys, masked, len(best), fits)
@@ -282,7 +287,7 @@ class _Pass:
             return ranked
         return None  # re-ranking a short prefix left it too small: rare, let place answer
 
-    def holds(self, req: pl.Request, i: int) -> int:
+    def holds(self, req: Request, i: int) -> int:
         """Workers of ``req`` row i holds, at most k (``place``'s capacity, on plain ints);
         remembered for the request being placed (``held``, reset per request)."""
         c = self.held.get(i)
@@ -295,7 +300,7 @@ class _Pass:
             self.held[i] = c
         return c
 
-    def exact(self, req: pl.Request, best: list[int], keys: list[float], masked: np.ndarray,
+    def exact(self, req: Request, best: list[int], keys: list[float], masked: np.ndarray,
               k: int, fits: Callable[[int], bool] | None) -> list[int]:
         """``best`` as the scorer ranks it. Unless every row within NEAR of another (the
         chosen ones, and those left out within NEAR of the last) has the same free
@@ -338,12 +343,12 @@ class _Pass:
             return near, not np.count_nonzero(differ)
         return near, not any(fits(i) for i in np.flatnonzero(differ).tolist())
 
-    def take_one(self, req: pl.Request, i: int) -> pl.Placement:
-        """Record one worker on row i and subtract it (what ``place`` + ``_take`` do)."""
+    def take_one(self, req: Request, i: int) -> Placement:
+        """Record one worker on row i and subtract it (what ``place`` + ``assume`` do)."""
         self.subtract(i, req.demand.tolist())
-        return pl.Placement(((i, 1),), req.demand_row, self.work.no_core_use, False)
+        return Placement(((i, 1),), req.demand_row, self.work.no_core_use, False)
 
-    def take_gang(self, req: pl.Request, best: list[int]) -> pl.Placement | pl.Refusal:
+    def take_gang(self, req: Request, best: list[int]) -> Placement | Refusal:
         """Deal the workers over the ranked rows (capacities from ``holds``) and subtract them."""
         return self.deal(req, best, [self.holds(req, i) for i in best])
 
@@ -355,36 +360,6 @@ class _Pass:
             zeros.flags.writeable = False
         return zeros
 
-    def refuse(self, req: pl.Request, slots: int) -> pl.Refusal:
+    def refuse(self, req: Request, slots: int) -> Refusal:
         """The Refusal ``place`` gives, with every check's counts."""
-        return pl._refusal(self.work, req, pl.failures(self.work, req), slots)
-
-
-def _extremes(masked: np.ndarray, k: int, fits: Callable[[int], bool] | None,
-              holds: Callable[[int], int] | None, arg: Callable[[], Any],
-              empty: float) -> tuple[list[int] | None, list[float]]:
-    """Up to k rows by repeated ``arg`` (argmin or argmax: the first extreme, so ties go
-    by node order) on ``masked``, skipping rows ``fits`` refuses and stopping early once
-    the rows taken hold k workers (``holds``); each taken or skipped row is set to
-    ``empty`` in place. (None, []) after 4k + 16 refused rows."""
-    best: list[int] = []
-    vals: list[float] = []
-    refused = held = 0
-    while len(best) < k:
-        i = int(arg())
-        v = float(masked[i])
-        if v == empty:
-            break
-        masked[i] = empty
-        if fits is not None and not fits(i):
-            refused += 1
-            if refused > 4 * k + 16:
-                return None, []
-            continue
-        best.append(i)
-        vals.append(v)
-        if holds is not None:
-            held += holds(i)
-            if held >= k:
-                break
-    return best, vals
+        return refuse(self.work, req, slots)

@@ -1,0 +1,67 @@
+"""The scheduler driven by hand: one pass on a fixed cluster, no HTTP, no daemon, no store."""
+
+from __future__ import annotations
+
+from oaasd.config import Settings
+from oaasd.core.policies import policy_named
+from oaasd.models import TaskSpec
+from oaasd.service.cluster import Cluster
+from oaasd.service.metrics import Metrics
+from oaasd.service.scheduler import Scheduler
+
+
+def cluster_of(*cores: int) -> Cluster:
+    """A cluster of local nodes with these core counts (4 GB each)."""
+    nodes = [{"name": f"n{i}", "cpus": c, "memory_mb": 4096} for i, c in enumerate(cores)]
+    return Cluster(Settings.model_validate({"nodes": nodes}))
+
+
+def spec(cpus: float = 1, priority: int = 0) -> TaskSpec:
+    return TaskSpec.model_validate({"command": ["true"], "resources": {"cpus": cpus}, "priority": priority})
+
+
+def scheduler_on(cluster: Cluster) -> tuple[Scheduler, list]:
+    placed: list = []
+    return Scheduler(cluster, policy_named("fifo"), placed.append, Metrics()), placed
+
+
+async def test_one_pass_places_what_fits_and_says_why_the_rest_waits():
+    cluster = cluster_of(2)
+    sched, placed = scheduler_on(cluster)
+    for task_id in (1, 2, 3):
+        sched.add(task_id, 0, float(task_id), cluster.request_for(spec()))
+    assert await sched.run_once() == 2
+    assert [p.task_id for p in placed] == [1, 2]
+    assert sched.queue_length == 1
+    reason, counts = sched.pending_reason(3)
+    assert reason == "Resources" and sum(counts.values()) == 1  # the one node, rejected for one reason
+    # Nothing changed: a pass woken by nothing places nothing.
+    assert await sched.run_once() == 0
+    cluster.release(1)
+    sched.wake()
+    assert await sched.run_once() == 1
+    assert [p.task_id for p in placed] == [1, 2, 3]
+    assert sched.pending_reason(3) is None and sched.queue_length == 0
+
+
+async def test_priority_then_submission_order_and_reservation_before_on_placed():
+    cluster = cluster_of(1)
+    seen: list[tuple[int, float]] = []
+    sched = Scheduler(cluster, policy_named("fifo"),
+                      lambda p: seen.append((p.task_id, cluster.table.free[0, 0])), Metrics())
+    sched.add(10, 0, 1.0, cluster.request_for(spec()))
+    sched.add(11, 5, 2.0, cluster.request_for(spec()))  # later, but higher priority
+    assert await sched.run_once() == 1
+    assert seen[0][0] == 11
+    assert seen[0][1] == 0  # the core was reserved before the launch was asked for
+    assert sched.pending_reason(10)[0] == "Resources"
+
+
+async def test_a_cancelled_task_leaves_the_queue_and_is_never_placed():
+    cluster = cluster_of(4)
+    sched, placed = scheduler_on(cluster)
+    sched.add(1, 0, 1.0, cluster.request_for(spec()))
+    sched.add(2, 0, 2.0, cluster.request_for(spec()))
+    assert sched.discard(1) is True and sched.discard(1) is False
+    assert await sched.run_once() == 1
+    assert [p.task_id for p in placed] == [2]

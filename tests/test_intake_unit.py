@@ -1,0 +1,103 @@
+"""The one intake verb on a real store: link rows are committed with their task, or neither is."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from oaasd.config import Settings
+from oaasd.core.policies import Fifo
+from oaasd.errors import ConflictError, UnsatisfiableError
+from oaasd.models import TaskSpec
+from oaasd.ports import ReplicaLink, TrialLink
+from oaasd.service.cluster import Cluster
+from oaasd.service.hooks import Hooks
+from oaasd.service.intake import Intake
+from oaasd.service.metrics import Metrics
+from oaasd.service.scheduler import Scheduler
+from oaasd.store.db import Store
+from oaasd.store.tunings import TuningStore
+
+
+class Sink:
+    def __init__(self):
+        self.events = []
+
+    def publish(self, event):
+        self.events.append(event)
+
+
+@pytest.fixture
+async def world(tmp_path):
+    store = Store(tmp_path / "oaasd.sqlite3")
+    await store.open()
+    cluster = Cluster(Settings.model_validate({"nodes": [{"name": "a", "cpus": 2, "memory_mb": 1024}]}))
+    scheduler = Scheduler(cluster, Fifo(), lambda placed: None, Metrics())
+    sink = Sink()
+
+    async def not_running(task_id, reason):
+        return False
+    intake = Intake(store, cluster, scheduler, sink, Hooks(), not_running)
+    yield store, intake, scheduler, sink
+    await store.close()
+
+
+SPEC = TaskSpec.model_validate({"command": ["true"], "resources": {"cpus": 1}})
+
+
+async def test_a_replica_and_its_pipeline_tasks_row_commit_together(world):
+    store, intake, scheduler, sink = world
+    task_id, created, _ = await intake.submit(SPEC, ReplicaLink(7, "detect", "small", 4))
+    assert created
+    assert await store.fetch("SELECT task_id, pipeline_id, stage, variant, batch FROM pipeline_tasks") == [
+        {"task_id": task_id, "pipeline_id": 7, "stage": "detect", "variant": "small", "batch": 4}]
+    assert scheduler.pending_reason(task_id) is not None, "queued after the commit"
+    assert sink.events[-1]["new"] == "PENDING" and sink.events[-1]["task_id"] == task_id
+
+
+async def test_a_link_that_cannot_be_written_leaves_no_task(world):
+    """The link row fails (its key is taken): the task of the same transaction is not written either."""
+    store, intake, scheduler, _ = world
+    (first, _, _) = await intake.submit(SPEC)
+
+    async def squat(db):  # the id the next task gets is already in pipeline_tasks
+        await db.execute("INSERT INTO pipeline_tasks (task_id, pipeline_id, stage, variant, batch) "
+                         "VALUES (?, 1, 's', 'v', 1)", (first + 1,))
+    await store.write(squat)
+    with pytest.raises(sqlite3.IntegrityError):
+        await intake.submit(SPEC, ReplicaLink(2, "s", "v", 1))
+    assert [r["id"] for r in await store.list_tasks()] == [first], "no orphan task"
+    assert scheduler.queue_length == 1
+    again, created, _ = await intake.submit(SPEC)  # the writer goes on with the next id
+    assert created and again == first + 1
+
+
+async def test_a_trial_is_refused_once_its_tuning_ended_and_nothing_is_written(world):
+    store, intake, scheduler, _ = world
+    tunings = TuningStore(store)
+    tuning_id, _ = await tunings.create_tuning("t", "anonymous", {}, "fp")
+    spec = SPEC.model_copy(update={"trial_config": {"x": 1}})
+    task_id, _, _ = await intake.submit(spec, TrialLink(tuning_id, {"x": 1}, False))
+    assert (await store.get_task(task_id))["parent_id"] == tuning_id
+    assert [t["task_id"] for t in await tunings.trials(tuning_id)] == [task_id]
+    await tunings.end_tuning(tuning_id, "CANCELLED", "CancelledByUser")
+    with pytest.raises(ConflictError):
+        await intake.submit(spec, TrialLink(tuning_id, {"x": 2}, False))
+    assert len(await store.list_tasks()) == 1 and scheduler.queue_length == 1
+
+
+async def test_what_can_never_fit_is_refused_before_the_commit(world):
+    store, intake, scheduler, _ = world
+    with pytest.raises(UnsatisfiableError):
+        await intake.submit(TaskSpec.model_validate({"command": ["true"], "resources": {"cpus": 64}}))
+    assert await store.list_tasks() == [] and scheduler.queue_length == 0
+
+
+async def test_an_idempotent_repeat_is_not_queued_twice(world):
+    store, intake, scheduler, sink = world
+    spec = SPEC.model_copy(update={"idempotency_key": "k1"})
+    first = await intake.submit(spec)
+    again = await intake.submit(spec)
+    assert again.task_id == first.task_id and first.created and not again.created
+    assert scheduler.queue_length == 1 and len(sink.events) == 1

@@ -1,8 +1,9 @@
-"""The one intake verb on a real store: link rows are committed with their task, or neither is."""
+"""The intake verb on a real store and scheduler: refuse, commit (with the link), queue, publish.
+
+The store side of the link rows is in ``test_intake_links.py``.
+"""
 
 from __future__ import annotations
-
-import sqlite3
 
 import pytest
 
@@ -54,23 +55,6 @@ async def test_a_replica_and_its_pipeline_tasks_row_commit_together(world):
         {"task_id": task_id, "pipeline_id": 7, "stage": "detect", "variant": "small", "batch": 4}]
     assert scheduler.pending_reason(task_id) is not None, "queued after the commit"
     assert sink.events[-1]["new"] == "PENDING" and sink.events[-1]["task_id"] == task_id
-
-
-async def test_a_link_that_cannot_be_written_leaves_no_task(world):
-    """The link row fails (its key is taken): the task of the same transaction is not written either."""
-    store, intake, scheduler, _ = world
-    (first, _, _) = await intake.submit(SPEC)
-
-    async def squat(db):  # the id the next task gets is already in pipeline_tasks
-        await db.execute("INSERT INTO pipeline_tasks (task_id, pipeline_id, stage, variant, batch) "
-                         "VALUES (?, 1, 's', 'v', 1)", (first + 1,))
-    await store.write(squat)
-    with pytest.raises(sqlite3.IntegrityError):
-        await intake.submit(SPEC, ReplicaLink(2, "s", "v", 1))
-    assert [r["id"] for r in await store.list_tasks()] == [first], "no orphan task"
-    assert scheduler.queue_length == 1
-    again, created, _ = await intake.submit(SPEC)  # the writer goes on with the next id
-    assert created and again == first + 1
 
 
 async def test_a_trial_is_refused_once_its_tuning_ended_and_nothing_is_written(world):

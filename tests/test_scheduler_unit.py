@@ -1,63 +1,94 @@
-"""The scheduler on a fixed cluster snapshot: no HTTP, no daemon, no store."""
+"""The scheduler driven by hand: one pass on a fixed cluster, no HTTP, no daemon, no store."""
 
 from __future__ import annotations
 
 from oaasd.config import Settings
-from oaasd.core.policies import Fifo
+from oaasd.core.policies import policy_named
 from oaasd.models import TaskSpec
 from oaasd.service.cluster import Cluster
 from oaasd.service.metrics import Metrics
 from oaasd.service.scheduler import Scheduler
-from oaasd.states import Reason
 
 
-def make(nodes: list[dict], max_pass: int = 1000) -> tuple[Scheduler, Cluster, list]:
-    cluster = Cluster(Settings.model_validate({"nodes": nodes}))
+def cluster_of(*cores: int) -> Cluster:
+    """A cluster of local nodes with these core counts (4 GB each)."""
+    nodes = [{"name": f"n{i}", "cpus": c, "memory_mb": 4096} for i, c in enumerate(cores)]
+    return Cluster(Settings.model_validate({"nodes": nodes}))
+
+
+def spec(cpus: float = 1, priority: int = 0) -> TaskSpec:
+    return TaskSpec.model_validate({"command": ["true"], "resources": {"cpus": cpus}, "priority": priority})
+
+
+def scheduler_on(cluster: Cluster) -> tuple[Scheduler, list]:
     placed: list = []
-    return Scheduler(cluster, Fifo(), placed.append, Metrics(), max_pass), cluster, placed
+    return Scheduler(cluster, policy_named("fifo"), placed.append, Metrics()), placed
 
 
-def request(cluster: Cluster, cpus: float, **extra):
-    return cluster.request_for(TaskSpec.model_validate({"command": ["true"], "resources": {"cpus": cpus}, **extra}))
-
-
-async def test_a_pass_places_in_priority_then_submission_order_and_reserves_first():
-    sched, cluster, placed = make([{"name": "a", "cpus": 2, "memory_mb": 4096}])
-    sched.add(1, 0, 1.0, request(cluster, 1))
-    sched.add(2, 5, 2.0, request(cluster, 1))
-    sched.add(3, 0, 3.0, request(cluster, 1))
+async def test_one_pass_places_what_fits_and_says_why_the_rest_waits():
+    cluster = cluster_of(2)
+    sched, placed = scheduler_on(cluster)
+    for task_id in (1, 2, 3):
+        sched.add(task_id, 0, float(task_id), cluster.request_for(spec()))
     assert await sched.run_once() == 2
-    assert [p.task_id for p in placed] == [2, 1], "higher priority first, then the older"
-    assert set(cluster.reservations) == {1, 2}, "reserved before being handed on"
-    assert cluster.table.free[0][0] == 0
+    assert [p.task_id for p in placed] == [1, 2]
     assert sched.queue_length == 1
-    assert sched.pending_reason(3) == (Reason.RESOURCES.value, sched.pending_reason(3)[1])
-
-
-async def test_a_refused_task_says_why_and_the_same_shape_is_not_placed_again():
-    sched, cluster, placed = make([{"name": "a", "cpus": 1, "memory_mb": 1024}])
-    sched.add(1, 0, 1.0, request(cluster, 1))
-    sched.add(2, 0, 2.0, request(cluster, 1))
-    await sched.run_once()
-    reason, counts = sched.pending_reason(2)
-    assert reason == Reason.RESOURCES.value and sum(counts.values()) == 1
-    sched.add(3, 0, 3.0, request(cluster, 1))  # only the new one is tried; its shape is known refused
+    reason, counts = sched.pending_reason(3)
+    assert reason == "Resources" and sum(counts.values()) == 1  # the one node, rejected for one reason
+    # Nothing changed: a pass woken by nothing places nothing.
     assert await sched.run_once() == 0
-    assert sched.pending_reason(3)[0] == Reason.RESOURCES.value
+    cluster.release(1)
+    sched.wake()
+    assert await sched.run_once() == 1
+    assert [p.task_id for p in placed] == [1, 2, 3]
+    assert sched.pending_reason(3) is None and sched.queue_length == 0
+
+
+async def test_priority_then_submission_order_and_reservation_before_on_placed():
+    cluster = cluster_of(1)
+    seen: list[tuple[int, float]] = []
+    sched = Scheduler(cluster, policy_named("fifo"),
+                      lambda p: seen.append((p.task_id, cluster.table.free[0, 0])), Metrics())
+    sched.add(10, 0, 1.0, cluster.request_for(spec()))
+    sched.add(11, 5, 2.0, cluster.request_for(spec()))  # later, but higher priority
+    assert await sched.run_once() == 1
+    assert seen[0][0] == 11
+    assert seen[0][1] == 0  # the core was reserved before the launch was asked for
+    assert sched.pending_reason(10)[0] == "Resources"
+
+
+async def test_a_cancelled_task_leaves_the_queue_and_is_never_placed():
+    cluster = cluster_of(4)
+    sched, placed = scheduler_on(cluster)
+    sched.add(1, 0, 1.0, cluster.request_for(spec()))
+    sched.add(2, 0, 2.0, cluster.request_for(spec()))
+    assert sched.discard(1) is True and sched.discard(1) is False
+    assert await sched.run_once() == 1
+    assert [p.task_id for p in placed] == [2]
+
+
+async def test_a_refused_shape_is_not_placed_again_until_something_changes():
+    cluster = cluster_of(1)
+    sched, placed = scheduler_on(cluster)
+    sched.add(1, 0, 1.0, cluster.request_for(spec()))
+    sched.add(2, 0, 2.0, cluster.request_for(spec()))
+    assert await sched.run_once() == 1
+    sched.add(3, 0, 3.0, cluster.request_for(spec()))  # only the new one is tried; its shape is known refused
+    assert await sched.run_once() == 0
+    assert sched.pending_reason(3)[0] == "Resources"
     cluster.release(1)
     sched.wake()
     assert await sched.run_once() == 1
     assert [p.task_id for p in placed] == [1, 2]
 
 
-async def test_max_pass_bounds_the_candidates_and_discard_drops_a_task():
-    sched, cluster, placed = make([{"name": "a", "cpus": 8, "memory_mb": 8192}], max_pass=2)
+async def test_max_pass_bounds_the_entries_one_pass_tries():
+    cluster = cluster_of(8)
+    placed: list = []
+    sched = Scheduler(cluster, policy_named("fifo"), placed.append, Metrics(), max_pass=2)
     for task_id in range(1, 5):
-        sched.add(task_id, 0, float(task_id), request(cluster, 1))
-    assert sched.discard(1) and not sched.discard(1)
-    assert sched.pending_reason(1) is None
+        sched.add(task_id, 0, float(task_id), cluster.request_for(spec()))
     assert await sched.run_once() == 2
-    assert [p.task_id for p in placed] == [2, 3]
-    sched.wake()
-    assert await sched.run_once() == 1 and placed[-1].task_id == 4
-    assert sched.passes == 2
+    assert [p.task_id for p in placed] == [1, 2]
+    sched.configure(policy_named("fifo"), 10)  # a reload of [scheduler]: a full pass follows
+    assert await sched.run_once() == 2 and sched.passes == 2

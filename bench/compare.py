@@ -56,22 +56,27 @@ def numbers(line: str) -> list[float]:
     return [float(n.replace(",", "")) for n in NUMBER.findall(line)]
 
 
+def _shape(line: str) -> str:
+    """A printed line with its numbers taken out and its spacing folded: what identifies a figure."""
+    return " ".join(NUMBER.sub("#", line).split())
+
+
 def compare(base_runs: list[list[str]], new_runs: list[list[str]]) -> list[str]:
     """One line per printed figure: its text, then base median -> new median (ratio) per number."""
     out = []
     for i, line in enumerate(new_runs[0]):
-        shape = NUMBER.sub("#", line)
-        b = [numbers(r[i]) for r in base_runs if i < len(r) and NUMBER.sub("#", r[i]) == shape]
-        n = [numbers(r[i]) for r in new_runs if i < len(r) and NUMBER.sub("#", r[i]) == shape]
+        shape = _shape(line)
+        b = [numbers(r[i]) for r in base_runs if i < len(r) and _shape(r[i]) == shape]
+        n = [numbers(r[i]) for r in new_runs if i < len(r) and _shape(r[i]) == shape]
         if not b:
             out.append(f"  (new only) {line.strip()[:160]}")
             continue
         cells = []
-        for k in range(min(len(n[0]), 4)):
+        for k in range(min(len(n[0]), 6)):
             mb, mn = statistics.median(x[k] for x in b), statistics.median(x[k] for x in n)
             if mb != mn or k == 0:
                 cells.append(f"{mb:g} -> {mn:g} ({mn / mb:.2f})" if mb else f"{mb:g} -> {mn:g}")
-        out.append(f"  {shape.strip()[:110]}\n      " + "; ".join(cells))
+        out.append(f"  {shape[:110]}\n      " + "; ".join(cells))
     return out
 
 

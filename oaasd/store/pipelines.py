@@ -18,7 +18,6 @@ from oaasd.store.db import Store
 
 ADAPTATION_COLUMNS = ("id, at, observed_rps, predicted_rps, configuration, latency_ms, accuracy, cost_cores, "
                       "objective, feasible, reasons, changed, actuator, source_error")
-ACTIVE = (State.PENDING.value, State.RUNNING.value)
 
 
 class PipelineStore:
@@ -109,7 +108,7 @@ class PipelineStore:
         return await self.store.fetch(
             "SELECT p.task_id, p.stage, p.variant, p.batch, t.state FROM pipeline_tasks p "
             "JOIN tasks t ON t.id = p.task_id WHERE p.pipeline_id=? AND t.state IN (?, ?) ORDER BY p.task_id",
-            (pipeline_id, *ACTIVE))
+            (pipeline_id, State.PENDING.value, State.RUNNING.value))
 
     async def ended_replicas(self, pipeline_id: int, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` replicas that ended other than CANCELLED: stage, state, ended_at."""

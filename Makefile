@@ -21,7 +21,9 @@ run: install
 
 # Failed tests are rerun once: mpirun over several fake hosts on one kernel
 # occasionally crashes in PMIx (see bench notes); a real bug fails twice.
+# The import layering first (pyproject's [tool.importlinter] contracts): a broken layer fails in seconds.
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest || { echo "rerunning the failed tests once"; $(PY) -m pytest --last-failed --last-failed-no-failures none; }
 
 bench: install

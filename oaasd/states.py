@@ -20,6 +20,7 @@ class State(StrEnum):
 
 
 FINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.NODE_FAIL})
+ACTIVE = frozenset({State.PENDING, State.RUNNING})  # "pending or running": the one definition
 
 # RUNNING -> PENDING is the requeue of a task whose node failed while it
 # still has retries left; nothing ever leaves a final state.

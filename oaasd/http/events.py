@@ -30,13 +30,14 @@ from oaasd.http.common import SERVICES, int_param
 from oaasd.service.events import Event, Subscription
 from oaasd.states import is_final
 from oaasd.store.db import Store
+from oaasd.store.owners import owner_of
 
 routes = web.RouteTableDef()
 
 KEEPALIVE_S = 15.0
 TYPES = ("state", "metric", "tuning")
 OWNERS_CACHED = 4096
-OWNER_SQL = {"task_id": "SELECT user FROM tasks WHERE id=?", "tuning_id": "SELECT user FROM tunings WHERE id=?"}
+OWNED = ("task_id", "tuning_id")  # the keys of an event that name an owned object
 
 
 class Owners:
@@ -51,7 +52,7 @@ class Owners:
 
     async def of(self, store: Store, event: Event) -> str | None:
         """The owning user of ``event``'s task or tuning; None when it names neither."""
-        for key, sql in OWNER_SQL.items():
+        for key in OWNED:
             if key in event:
                 ident = (key, event[key])
                 found = self._cache.get(ident)
@@ -61,7 +62,7 @@ class Owners:
                 if found is None:
                     if len(self._cache) >= OWNERS_CACHED:
                         self._cache.clear()
-                    found = self._cache[ident] = asyncio.ensure_future(self._read(store, sql, event[key]))
+                    found = self._cache[ident] = asyncio.ensure_future(owner_of(store, key, event[key]))
                     found.add_done_callback(lambda f, ident=ident: self._forget_failed(ident, f))
                 if found.done():  # the common case: no await, no new future per stream and event
                     return found.result()
@@ -71,11 +72,6 @@ class Owners:
     def _forget_failed(self, ident: tuple[str, int], found: asyncio.Future) -> None:
         if found.cancelled() or found.exception() is not None:  # the next event asks again
             self._cache.pop(ident, None)
-
-    @staticmethod
-    async def _read(store: Store, sql: str, ident: int) -> str | None:
-        rows = await store.rows(sql, (ident,))
-        return rows[0][0] if rows else None
 
 
 OWNERS: web.AppKey[Owners] = web.AppKey("event_owners", Owners)

@@ -1,7 +1,7 @@
 """The API contract: one table of operations and the OpenAPI 3.1 document built from it.
 
 Request bodies are the pydantic models the handlers validate with (in
-validation mode); answers are the models of ``oaasd/views.py`` and the
+validation mode); answers are the models of ``oaasd/http/views.py`` and the
 pipeline solver's ``Decision`` (in serialization mode); every error is the
 one ``Error`` body. ``tests/test_openapi.py`` fails when the table and the
 app's router disagree; ``tests/test_schemathesis.py`` checks the live daemon

@@ -2,7 +2,7 @@
 
 The handlers build these bodies as plain dicts (``Daemon.summarize``,
 ``Cluster.view``, ``Tunings.view``, ``Pipelines.view``...); the models here describe them for the
-OpenAPI document (``oaasd/openapi.py``), and the schemathesis run checks
+OpenAPI document (``oaasd/http/openapi.py``), and the schemathesis run checks
 every live answer against them. Times are UTC epoch seconds (``*_at``).
 """
 

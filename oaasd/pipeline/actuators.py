@@ -33,12 +33,12 @@ from oaasd.models import Resources, TaskSpec
 from oaasd.ports import Intake, ReplicaLink
 from oaasd.service.auth import Users
 from oaasd.store.db import Store
+from oaasd.store.pipelines import PipelineStore
 
 log = logging.getLogger("oaasd.pipelines")
 
 PLACEHOLDERS = ("stage", "variant", "batch", "replicas", "cores")
 OUTPUT_TAIL = 2000  # characters of a command's output kept in the record
-LIVE = ("PENDING", "RUNNING")
 BACKOFF_S = 1.0  # a stage's replica failed: wait this long before the next, doubled per failure in a row
 BACKOFF_MAX_S = 300.0
 BACKOFF_LOOKBACK = 64  # ended replicas read to count a streak (2**6 x 1 s is past the cap already)
@@ -218,20 +218,13 @@ def replica_spec(template: TaskSpec, pipeline_id: int, name: str, owner: str, cf
     return template.model_copy(update=update)
 
 
-async def live_tasks(store: Store, pipeline_id: int) -> list[dict[str, Any]]:
-    """A pipeline's tasks that are PENDING or RUNNING, oldest first, from the store."""
-    return await store.fetch(
-        "SELECT p.task_id, p.stage, p.variant, p.batch, t.state FROM pipeline_tasks p "
-        "JOIN tasks t ON t.id = p.task_id WHERE p.pipeline_id=? AND t.state IN (?, ?) ORDER BY p.task_id",
-        (pipeline_id, *LIVE))
-
-
 class Replicas:
     """The ``tasks`` actuator of one pipeline: its tasks live in the store, not in memory."""
 
     def __init__(self, store: Store, intake: Intake, users: Users, pipeline_id: int, name: str, owner: str,
                  spec: TasksActuator):
         self.store = store
+        self.rows = PipelineStore(store)
         self.intake = intake
         self.users = users
         self.pipeline_id = pipeline_id
@@ -242,7 +235,7 @@ class Replicas:
 
     async def live(self) -> list[dict[str, Any]]:
         """This pipeline's tasks that are PENDING or RUNNING and not being cancelled, oldest first."""
-        rows = await live_tasks(self.store, self.pipeline_id)
+        rows = await self.rows.live_replicas(self.pipeline_id)
         self.cancelling &= {r["task_id"] for r in rows}  # forget the ones that ended
         return [r for r in rows if r["task_id"] not in self.cancelling]
 
@@ -283,10 +276,7 @@ class Replicas:
         ``BACKOFF_MAX_S``) and counts from the last failure's end; a replica
         that COMPLETED ends the streak, a cancelled one is neither.
         """
-        rows = await self.store.fetch(
-            "SELECT p.stage, t.state, t.ended_at FROM pipeline_tasks p JOIN tasks t ON t.id = p.task_id "
-            "WHERE p.pipeline_id=? AND t.state NOT IN ('PENDING', 'RUNNING', 'CANCELLED') "
-            "ORDER BY p.task_id DESC LIMIT ?", (self.pipeline_id, BACKOFF_LOOKBACK))
+        rows = await self.rows.ended_replicas(self.pipeline_id, BACKOFF_LOOKBACK)
         streaks: dict[str, list[float]] = {}
         over: set[str] = set()  # stages whose streak a COMPLETED replica ended
         for r in rows:

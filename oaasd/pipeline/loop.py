@@ -42,7 +42,6 @@ from oaasd.pipeline.actuators import (
     Replicas,
     StageConfig,
     TasksActuator,
-    live_tasks,
     run_commands,
 )
 from oaasd.pipeline.predictors import LastValuePredictor
@@ -59,6 +58,7 @@ from oaasd.service.background import Background
 from oaasd.service.outbound import Client, privileged
 from oaasd.service.pools import SOLVE
 from oaasd.store.db import Store
+from oaasd.store.pipelines import PipelineStore
 
 log = logging.getLogger("oaasd.pipelines")
 
@@ -66,8 +66,6 @@ MIN_INTERVAL_S = 0.2
 HISTORY = 2000  # observations the predictor sees
 KEEP_ADAPTATIONS = 10_000  # per pipeline
 STATES = ("RUNNING", "STOPPED")
-ADAPTATION_COLUMNS = ("id, at, observed_rps, predicted_rps, configuration, latency_ms, accuracy, cost_cores, "
-                      "objective, feasible, reasons, changed, actuator, source_error")
 
 
 class Registration(BaseModel):
@@ -117,6 +115,7 @@ class Pipelines:
     def __init__(self, store: Store, intake: Intake, users: Users, settings: Settings, outbound: Client,
                  fatal: Callable[[str], None]):
         self.store = store
+        self.rows = PipelineStore(store)
         self.intake = intake
         self.users = users
         self.settings = settings  # read at each use: a reload changes who is an admin
@@ -128,13 +127,7 @@ class Pipelines:
     # ---- life cycle -------------------------------------------------
     async def create(self, reg: Registration, owner: str) -> int:
         """Commit a pipeline RUNNING and start its loop; return its id."""
-        now, spec = time.time(), _stored(reg)
-
-        async def op(db):
-            cur = await db.execute("INSERT INTO pipelines (name, user, state, spec, created_at) "
-                                   "VALUES (?, ?, 'RUNNING', ?, ?)", (reg.pipeline.name, owner, spec, now))
-            return cur.lastrowid
-        pipeline_id = await self.store.write(op)
+        pipeline_id = await self.rows.create(reg.pipeline.name, owner, _stored(reg))
         self._start(Live(pipeline_id, reg.pipeline.name, owner, reg))
         return pipeline_id
 
@@ -153,7 +146,7 @@ class Pipelines:
     async def resume(self) -> None:
         """At start: restart the loop of every RUNNING pipeline from the store."""
         self.load_dir.mkdir(parents=True, exist_ok=True)
-        for row in await self.store.fetch("SELECT * FROM pipelines WHERE state='RUNNING' ORDER BY id"):
+        for row in await self.rows.running():
             try:
                 reg = Registration.model_validate_json(row["spec"])
             except ValidationError as exc:  # stored by an older version: stop it, keep the daemon up
@@ -161,13 +154,8 @@ class Pipelines:
                 await self.delete(row["id"])
                 continue
             p = Live(row["id"], row["name"], row["user"], reg)
-            observed = await self.store.rows(
-                "SELECT observed_rps FROM adaptations WHERE pipeline_id=? AND observed_rps IS NOT NULL "
-                "ORDER BY id DESC LIMIT ?", (p.id, HISTORY))
-            p.history.extend(r[0] for r in reversed(observed))
-            last = await self.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? "
-                                           "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1", (p.id,))
-            p.last = _configs(last[0][0]) if last else None
+            p.history.extend(await self.rows.observed(p.id, HISTORY))
+            p.last = _configs(await self.rows.last_configuration(p.id))
             p.applied = {c.stage: c for c in _configs(row["applied"]) or []}
             self._start(p)
             log.info("pipeline %d: resumed with %d observations", p.id, len(p.history))
@@ -196,10 +184,7 @@ class Pipelines:
                 await p.replicas.stop()
 
         # After the loop is halted: the single writer commits its last row before this one.
-        async def op(db):
-            await db.execute("UPDATE pipelines SET state='STOPPED', stopped_at=? WHERE id=? AND state='RUNNING'",
-                             (time.time(), pipeline_id))
-        await self.store.write(op)
+        await self.rows.stop(pipeline_id)
 
     async def stop(self) -> None:
         """Daemon shutdown: halt every loop, leave the pipelines RUNNING (a restart resumes them)."""
@@ -243,62 +228,40 @@ class Pipelines:
         for cfg, result in zip(changed, outcome["stages"]):
             if result["ok"]:
                 p.applied[cfg.stage] = cfg
-        applied = json.dumps([c._asdict() for c in p.applied.values()])
-
-        async def op(db):
-            await db.execute("UPDATE pipelines SET applied=? WHERE id=?", (applied, p.id))
-        await self.store.write(op)
+        await self.rows.set_applied(p.id, json.dumps([c._asdict() for c in p.applied.values()]))
         return outcome
 
     async def _record(self, pipeline_id: int, row: dict[str, Any]) -> None:
-        values = (pipeline_id, row["at"], row.get("observed_rps"), row.get("predicted_rps"),
+        values = (row["at"], row.get("observed_rps"), row.get("predicted_rps"),
                   _json(row.get("configuration")), row.get("latency_ms"), row.get("accuracy"),
                   row.get("cost_cores"), row.get("objective"), row.get("feasible"), _json(row.get("reasons")),
                   int(row["changed"]), _json(row.get("actuator")), row.get("source_error"))
-
-        async def op(db):
-            cur = await db.execute(
-                "INSERT INTO adaptations (pipeline_id, at, observed_rps, predicted_rps, configuration, latency_ms, "
-                "accuracy, cost_cores, objective, feasible, reasons, changed, actuator, source_error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-            if cur.lastrowid % 100 == 0:  # trim now and then; the index makes it one range delete
-                await db.execute(
-                    "DELETE FROM adaptations WHERE pipeline_id=? AND id < (SELECT id FROM adaptations "
-                    "WHERE pipeline_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (pipeline_id, pipeline_id, KEEP_ADAPTATIONS - 1))
-        await self.store.write(op)
+        await self.rows.record(pipeline_id, values, KEEP_ADAPTATIONS)
 
     # ---- views --------------------------------------------------------
     async def row(self, pipeline_id: int) -> dict[str, Any]:
         """A pipeline's stored row, or 404."""
-        rows = await self.store.fetch("SELECT * FROM pipelines WHERE id=?", (pipeline_id,))
-        if not rows:
+        row = await self.rows.get(pipeline_id)
+        if row is None:
             raise NotFoundError(f"no pipeline {pipeline_id}", [{"field": "id", "problem": "unknown pipeline id"}])
-        return rows[0]
+        return row
 
     async def summaries(self, *, user: str | None, state: str | None, before: int | None,
                    limit: int) -> list[dict[str, Any]]:
         """Summaries newest first, filtered by owner and state, ids below ``before``."""
-        rows = await self.store.page("pipelines", "*", {"user": user, "state": state}, before, limit)
+        rows = await self.rows.page(user=user, state=state, before=before, limit=limit)
         return [summarize(r) for r in rows]
 
     async def view(self, row: dict[str, Any], limit: int) -> dict[str, Any]:
         """Summary, registration, current configuration and the last ``limit`` adaptations."""
-        # Every read stops at the same newest row, so the loop appending meanwhile cannot split the view.
-        key = (row["id"], (await self.store.rows(
-            "SELECT COALESCE(MAX(id), 0) FROM adaptations WHERE pipeline_id=?", (row["id"],)))[0][0])
-        rows = await self.store.fetch(f"SELECT {ADAPTATION_COLUMNS} FROM adaptations WHERE pipeline_id=? "
-                                        "AND id <= ? ORDER BY id DESC LIMIT ?", (*key, limit))
-        last = await self.store.rows("SELECT configuration FROM adaptations WHERE pipeline_id=? AND id <= ? "
-                                       "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1", key)
-        count = await self.store.rows("SELECT COUNT(*) FROM adaptations WHERE pipeline_id=? AND id <= ?", key)
+        rows, last, count = await self.rows.adaptations(row["id"], limit)
         out = summarize(row)
         out["registration"] = json.loads(row["spec"])
-        out["configuration"] = json.loads(last[0][0]) if last else None
+        out["configuration"] = None if last is None else json.loads(last)
         out["applied"] = None if row["applied"] is None else json.loads(row["applied"])
         if out["actuator"] == "tasks":
-            out["tasks"] = await live_tasks(self.store, row["id"])
-        out["adaptation_count"] = count[0][0]
+            out["tasks"] = await self.rows.live_replicas(row["id"])
+        out["adaptation_count"] = count
         out["adaptations"] = [_adaptation_view(a) for a in rows]
         return out
 

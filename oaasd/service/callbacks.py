@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any, Callable
 
 from oaasd.config import Settings
@@ -29,13 +28,10 @@ from oaasd.ports import TaskEnd
 from oaasd.service.background import Background
 from oaasd.service.metrics import Metrics
 from oaasd.service.outbound import Client, DeniedError, OutboundError, privileged
+from oaasd.store.callbacks import CallbackStore
 from oaasd.store.db import Store
 
 PAYLOAD_FIELDS = ("name", "state", "reason", "message", "ended_at")
-# Ended tasks with a callback_url but no callbacks row: the daemon stopped between
-# the task's final commit and the row's. One scan of the tasks at start (~60 ms per 100k).
-UNRECORDED = ("SELECT id, spec FROM tasks t WHERE ended_at IS NOT NULL AND instr(spec, '\"callback_url\"') > 0 "
-              "AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE c.task_id = t.id) ORDER BY id")
 ERROR_CHARS = 500
 
 
@@ -52,6 +48,7 @@ class Callbacks:
     def __init__(self, store: Store, settings: Settings, metrics: Metrics, outbound: Client,
                  fatal: Callable[[str], None]):
         self.store = store
+        self.rows = CallbackStore(store)
         self.settings = settings  # read at each use: a reload changes who is an admin
         self.cfg = settings.callbacks
         self.metrics = metrics
@@ -65,12 +62,10 @@ class Callbacks:
 
     async def start(self) -> None:
         """Resume deliveries left PENDING, record those never recorded."""
-        for row in await self.store.fetch(
-                "SELECT c.task_id, c.url, c.payload, c.attempts, t.user FROM callbacks c JOIN tasks t "
-                "ON t.id = c.task_id WHERE c.state='PENDING' ORDER BY c.task_id"):
+        for row in await self.rows.pending():
             self._spawn(row["task_id"], row["url"], row["payload"], row["attempts"], row["user"])
-        for task_id, spec in await self.store.rows(UNRECORDED):
-            await self.task_final(task_id, json.loads(spec).get("callback_url"))
+        for task_id, url in await self.rows.unrecorded():
+            await self.task_final(task_id, url)
 
     async def stop(self) -> None:
         """Cancel the deliveries in flight (their rows stay PENDING) and close the client."""
@@ -90,20 +85,12 @@ class Callbacks:
             return
         row = await self.store.get_task(task_id)
         payload = json.dumps(payload_of(row))
-
-        async def op(db):
-            cur = await db.execute("INSERT OR IGNORE INTO callbacks (task_id, url, payload, state, created_at) "
-                                   "VALUES (?,?,?,'PENDING',?)", (task_id, url, payload, time.time()))
-            return cur.rowcount == 1
-        if await self.store.write(op):
+        if await self.rows.record(task_id, url, payload):
             self._spawn(task_id, url, payload, 0, row["user"])
 
     async def view(self, task_id: int) -> dict[str, Any] | None:
         """The delivery record of a task's callback, or None when it has none (yet)."""
-        rows = await self.store.fetch(
-            "SELECT url, state, attempts, last_status, last_error, created_at, last_at, delivered_at "
-            "FROM callbacks WHERE task_id=?", (task_id,))
-        return rows[0] if rows else None
+        return await self.rows.view(task_id)
 
     def backoff(self, failed: int) -> float:
         """Seconds to wait after ``failed`` failed POSTs."""
@@ -138,10 +125,4 @@ class Callbacks:
 
     async def _record(self, task_id: int, attempt: int, status: int | None, error: str | None,
                       state: str) -> None:
-        now = time.time()
-
-        async def op(db):
-            await db.execute("UPDATE callbacks SET state=?, attempts=?, last_status=?, last_error=?, last_at=?, "
-                             "delivered_at=? WHERE task_id=?",
-                             (state, attempt, status, error, now, now if state == "DELIVERED" else None, task_id))
-        await self.store.write(op)
+        await self.rows.attempted(task_id, attempt, status, error, state)

@@ -28,12 +28,11 @@ from oaasd.ports import EventSink, Intake, MetricsReport, TaskEnd, TrialLink
 from oaasd.service.auth import Grant, Users
 from oaasd.service.background import Background
 from oaasd.service.pools import SUGGEST
-from oaasd.states import Reason, State
+from oaasd.states import ACTIVE, Reason, State
 from oaasd.store.db import Store
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner, TuningDescription, space_fingerprint
 from oaasd.tuning.trials import (
-    ACTIVE,
     CANCEL_ACTIVE,
     FAILED_STATES,
     FAILING_REASONS,

@@ -19,7 +19,6 @@ from oaasd.models import TaskSpec, parse_model
 from oaasd.states import State
 from oaasd.tuning import Trial, Tuner, TuningDescription
 
-ACTIVE = (State.PENDING.value, State.RUNNING.value)
 FAILED_STATES = (State.FAILED.value, State.TIMEOUT.value, State.NODE_FAIL.value)
 FAILING_REASONS = ("BaselineFailed", "AllTrialsFailed", "Unsatisfiable")  # the tuning ends FAILED
 CANCEL_ACTIVE = ("TimeBudget", "FirstFeasible")  # running trials no longer matter

@@ -18,13 +18,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from oaasd.states import ACTIVE
 from oaasd.tuning.description import TuningDescription, early_stopping_target
 from oaasd.tuning.pareto import pareto_front
 from oaasd.tuning.pruners import Decision, make_pruner
 from oaasd.tuning.samplers import Observation, make_sampler
 from oaasd.tuning.space import Space
-
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING"})
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,10 @@ class Tuner:
             base = [t for t in trials if t.baseline]
             if not base:
                 return 1
-            if base[0].state in ACTIVE_STATES:
+            if base[0].state in ACTIVE:
                 return 0
         others = [t for t in trials if not t.baseline]
-        active = sum(t.state in ACTIVE_STATES for t in others)
+        active = sum(t.state in ACTIVE for t in others)
         if d.parallel_strategy == "sync":
             started = len(others) % d.worker_num  # trials of the current round handed out so far
             free = 0 if started == 0 and active else d.worker_num - started
@@ -115,7 +114,7 @@ class Tuner:
         history = self.observations(trials)
         if self.description.use_history:
             history = self.observations(prior, baseline_from=trials) + history
-        pending = [t.config for t in trials if t.state in ACTIVE_STATES and self._in_space(t)]
+        pending = [t.config for t in trials if t.state in ACTIVE and self._in_space(t)]
         return [Suggestion(c) for c in self.sampler.suggest(history, pending, n)]
 
     def _in_space(self, t: Trial) -> bool:
@@ -161,7 +160,7 @@ class Tuner:
         bounds = self.thresholds(baseline_from if baseline_from is not None else trials)
         out = []
         for t in trials:
-            if t.state in ACTIVE_STATES or not self._in_space(t):
+            if t.state in ACTIVE or not self._in_space(t):
                 continue
             if t.state == "COMPLETED" and self._complete(t.metrics) and bounds is not None:
                 values = tuple(float(t.metrics[o.metric]) for o in self.description.objectives)
@@ -207,7 +206,7 @@ class Tuner:
         if d.time_budget_s is not None and elapsed_s >= d.time_budget_s:
             return "TimeBudget"
         base = next((t for t in trials if t.baseline), None)
-        if d.needs_baseline and base is not None and base.state not in ACTIVE_STATES and self.thresholds(trials) is None:
+        if d.needs_baseline and base is not None and base.state not in ACTIVE and self.thresholds(trials) is None:
             return "BaselineFailed"
         if d.stop_when == "first_feasible" and self.feasible_trials(trials):
             return "FirstFeasible"

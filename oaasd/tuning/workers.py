@@ -35,10 +35,10 @@ import time
 from typing import Any, Coroutine, Protocol
 
 from oaasd.errors import ConflictError, ValidationFailedError
-from oaasd.states import Reason, State
+from oaasd.states import ACTIVE, Reason, State
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner
-from oaasd.tuning.trials import ACTIVE, CANCEL_ACTIVE, to_trial, trial_view
+from oaasd.tuning.trials import CANCEL_ACTIVE, to_trial, trial_view
 
 RETRY_AFTER_S = 0.5
 OUTCOMES = {"SUCCEEDED": (State.COMPLETED, "Observed"), "FAILED": (State.FAILED, "WorkerFailed")}

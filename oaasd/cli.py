@@ -108,19 +108,10 @@ async def serve(settings, config_path: str | None = None) -> int:
     log.info("listening on http://%s (state in %s)", settings.server.listen, daemon.state_dir)
     notifier.send("READY=1", f"STATUS={daemon.status_line()}", f"MAINPID={os.getpid()}")
     status = asyncio.create_task(notifier.run(daemon.status_line), name="notify")
-
-    async def reload() -> None:
-        notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        try:
-            await daemon.reload.file(config_path)
-        except Exception:  # a reload bug must not take the running daemon down
-            log.exception("reload failed; the settings may be partly applied")
-        notifier.send("READY=1", f"STATUS={daemon.status_line()}")
-
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopped.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.spawn(reload(), "reload"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.spawn(reload(daemon, notifier, config_path), "reload"))
     await daemon.stopped.wait()
     notifier.send("STOPPING=1", "STATUS=stopping; running tasks are left to be re-adopted")
     status.cancel()
@@ -129,6 +120,16 @@ async def serve(settings, config_path: str | None = None) -> int:
     await runner.cleanup()
     log.info("stopped in %.2fs", time.monotonic() - started)
     return 1 if daemon.fatal_reason else 0
+
+
+async def reload(daemon, notifier, config_path: str | None) -> None:
+    """SIGHUP: re-read the config file and apply it, telling systemd around it."""
+    notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    try:
+        await daemon.reload.file(config_path)
+    except Exception:  # a reload bug must not take the running daemon down
+        logging.getLogger("oaasd").exception("reload failed; the settings may be partly applied")
+    notifier.send("READY=1", f"STATUS={daemon.status_line()}")
 
 
 def run_loop(main_coro, kind: str = "uvloop") -> int:

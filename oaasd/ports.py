@@ -188,6 +188,14 @@ class TaskStore(Protocol):
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """One task row (404 when unknown)."""
 
+    async def list_tasks(self, *, state: str | None = None, user: str | None = None, name: str | None = None,
+                         parent_id: int | None = None, before: int | None = None,
+                         limit: int = 100) -> list[dict[str, Any]]:
+        """Tasks newest first, filtered, with ids below ``before``."""
+
+    async def task_events(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's state history, oldest first."""
+
     async def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
         """A task's attempts, first first."""
 
@@ -196,6 +204,28 @@ class TaskStore(Protocol):
 
     async def count_pending(self, user: str) -> int:
         """How many PENDING tasks a user holds."""
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many tasks are in each state."""
+
+    async def pending_queue(self) -> list[tuple]:
+        """(id, priority, submitted_at, spec, cancel_reason) of every PENDING task (at start)."""
+
+    async def running_attempts(self) -> list[dict[str, Any]]:
+        """Every attempt still RUNNING, with its task's spec and cancel request (at start)."""
+
+    async def load_nodes(self) -> list[dict[str, Any]]:
+        """Every stored node row: run-time additions, removals and intents."""
+
+    async def save_node(self, name: str, config: dict[str, Any] | None, source: str) -> None:
+        """Record a node added at run time or removed."""
+
+    async def set_node_intent(self, name: str, intent: str | None, reason: str | None, user: str | None,
+                              at: float | None) -> None:
+        """Store an admin's intent for a node (None clears it)."""
+
+    async def schema_version(self) -> int:
+        """The applied schema version."""
 
 
 class Queue(Protocol):

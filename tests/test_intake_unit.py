@@ -5,13 +5,15 @@ The store side of the link rows is in ``test_intake_links.py``.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from oaasd.config import Settings
 from oaasd.core.policies import Fifo
 from oaasd.errors import ConflictError, UnsatisfiableError
 from oaasd.models import TaskSpec
-from oaasd.ports import ReplicaLink, TrialLink
+from oaasd.ports import ReplicaLink, TaskStore, TrialLink
 from oaasd.service.cluster import Cluster
 from oaasd.service.hooks import Hooks
 from oaasd.service.intake import Intake
@@ -85,3 +87,12 @@ async def test_an_idempotent_repeat_is_not_queued_twice(world):
     again = await intake.submit(spec)
     assert again.task_id == first.task_id and first.created and not again.created
     assert scheduler.queue_length == 1 and len(sink.events) == 1
+
+
+def test_the_store_has_every_verb_of_the_task_store_port():
+    """``ports.TaskStore`` is what the task services are typed against: the store implements all of it."""
+    verbs = [n for n, f in vars(TaskStore).items() if inspect.iscoroutinefunction(f)]
+    assert len(verbs) > 15
+    for name in verbs:
+        port = set(inspect.signature(getattr(TaskStore, name)).parameters) - {"fields"}  # **fields: keywords
+        assert port <= set(inspect.signature(getattr(Store, name)).parameters), name

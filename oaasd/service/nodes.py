@@ -12,16 +12,16 @@ from typing import Any, Callable
 
 from oaasd.config import NodeConfig
 from oaasd.errors import ConflictError, NotFoundError
+from oaasd.ports import TaskStore
 from oaasd.service.cluster import Cluster, Intent
 from oaasd.service.health import HealthLoop
 from oaasd.service.runner import Runner
-from oaasd.store.db import Store
 
 
 class NodeAdmin:
     """The node verbs of the API, over the store, cluster, runner and health loop."""
 
-    def __init__(self, store: Store, cluster: Cluster, runner: Runner, health: HealthLoop,
+    def __init__(self, store: TaskStore, cluster: Cluster, runner: Runner, health: HealthLoop,
                  wake: Callable[[], None], node_added: Callable[[NodeConfig], None]):
         self.store = store
         self.cluster = cluster

@@ -15,23 +15,22 @@ import logging
 import time
 
 from oaasd.models import TaskSpec
-from oaasd.ports import Queue
+from oaasd.ports import Queue, TaskStore
 from oaasd.service.cluster import Cluster
 from oaasd.service.intake import Intake
 from oaasd.service.runner import Runner
-from oaasd.store.db import Store
 
 log = logging.getLogger("oaasd")
 
 
-async def recover(store: Store, cluster: Cluster, runner: Runner, intake: Intake, queue: Queue,
+async def recover(store: TaskStore, cluster: Cluster, runner: Runner, intake: Intake, queue: Queue,
                   kill_grace_s: float) -> None:
     """Re-adopt running attempts, requeue lost ones, reload the queue, finish interrupted cancels."""
     for row in await store.running_attempts():
         placed = cluster.placement_from_json(json.loads(row["placement"]))
-        request = cluster.request_for(TaskSpec.model_validate_json(row["spec"]))
-        cluster.reserve(row["task_id"], request, placed)
-        adopted = await runner.adopt(row, cluster.hosts_of(placed))
+        spec = TaskSpec.model_validate_json(row["spec"])  # the one parse of this attempt's spec
+        cluster.reserve(row["task_id"], cluster.request_for(spec), placed)
+        adopted = await runner.adopt(row, spec, cluster.hosts_of(placed))
         if adopted and row["cancel_reason"] is not None:  # its grace ran on while the daemon was down
             left = max(0.0, kill_grace_s - (time.time() - row["cancel_requested_at"]))
             log.info("task %d: finishing the cancel requested before the restart (%.1f s of grace left)",

@@ -23,10 +23,10 @@ from typing import Callable
 from oaasd.config import NodeConfig, Settings, load_settings
 from oaasd.core.policies import policy_named
 from oaasd.errors import ConfigError
+from oaasd.ports import TaskStore
 from oaasd.service.auth import Users
 from oaasd.service.cluster import Cluster, Intent
 from oaasd.service.scheduler import Scheduler
-from oaasd.store.db import Store
 
 log = logging.getLogger("oaasd.reload")
 REMOVED = "removed from oaasd.toml"
@@ -48,7 +48,7 @@ def access_problem(old: Settings, new: Settings) -> str | None:
 class Reload:
     """What a reload changes: the running settings, users, cluster and scheduler."""
 
-    def __init__(self, settings: Settings, store: Store, cluster: Cluster, scheduler: Scheduler, users: Users,
+    def __init__(self, settings: Settings, store: TaskStore, cluster: Cluster, scheduler: Scheduler, users: Users,
                  busy: Callable[[str], bool], node_added: Callable[[NodeConfig], None]):
         self.settings = settings  # updated in place: every part reading it sees the reloaded sections
         self.store = store

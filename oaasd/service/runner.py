@@ -134,9 +134,8 @@ class Runner:
         await self.store.set_locator(attempt_id, record)
         self.bg.spawn(self._watch(run), f"attempt-{attempt_id}")
 
-    async def adopt(self, row: dict[str, Any], hosts: list[Host]) -> bool:
-        """Reattach to an attempt found RUNNING at start; False when it is gone."""
-        spec = TaskSpec.model_validate_json(row["spec"])
+    async def adopt(self, row: dict[str, Any], spec: TaskSpec, hosts: list[Host]) -> bool:
+        """Reattach to an attempt found RUNNING at start (``spec`` parsed from its row); False when it is gone."""
         adir = self.attempt_dir(row["task_id"], row["seq"])
         job = build_job(spec, row["task_id"], row["id"], row["seq"], adir, hosts)
         run = Run(row["task_id"], row["id"], row["seq"], row["node"], json.loads(row["placement"]), spec, job)

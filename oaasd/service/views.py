@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from oaasd.models import TaskSpec
+from oaasd.ports import TaskStore
 from oaasd.service.callbacks import Callbacks
 from oaasd.service.runner import Runner
 from oaasd.service.scheduler import Scheduler
 from oaasd.states import Reason, State, is_final
-from oaasd.store.db import Store
 
 SUMMARY_FIELDS = ("id", "name", "user", "state", "reason", "message", "priority", "submitted_at", "started_at",
                   "ended_at", "node_failures")
@@ -27,7 +27,7 @@ SUMMARY_FIELDS = ("id", "name", "user", "state", "reason", "message", "priority"
 class Views:
     """The task views of the API."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, runner: Runner, callbacks: Callbacks):
+    def __init__(self, store: TaskStore, scheduler: Scheduler, runner: Runner, callbacks: Callbacks):
         self.store = store
         self.scheduler = scheduler
         self.runner = runner

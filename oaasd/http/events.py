@@ -30,14 +30,13 @@ from oaasd.http.common import SERVICES, int_param
 from oaasd.service.events import Event, Subscription
 from oaasd.states import is_final
 from oaasd.store.db import Store
-from oaasd.store.owners import owner_of
+from oaasd.store.owners import OWNER_OF, owner_of
 
 routes = web.RouteTableDef()
 
 KEEPALIVE_S = 15.0
 TYPES = ("state", "metric", "tuning")
 OWNERS_CACHED = 4096
-OWNED = ("task_id", "tuning_id")  # the keys of an event that name an owned object
 
 
 class Owners:
@@ -52,7 +51,7 @@ class Owners:
 
     async def of(self, store: Store, event: Event) -> str | None:
         """The owning user of ``event``'s task or tuning; None when it names neither."""
-        for key in OWNED:
+        for key in OWNER_OF:  # the keys of an event that name an owned object
             if key in event:
                 ident = (key, event[key])
                 found = self._cache.get(ident)

@@ -73,9 +73,8 @@ class PipelineStore:
     async def last_configuration(self, pipeline_id: int, upto: int | None = None) -> str | None:
         """The newest chosen configuration (JSON), at or below adaptation ``upto`` when given."""
         rows = await self.store.rows(
-            "SELECT configuration FROM adaptations WHERE pipeline_id=? AND id <= ? "
-            "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1",
-            (pipeline_id, (1 << 62) if upto is None else upto))
+            "SELECT configuration FROM adaptations WHERE pipeline_id=? AND (? IS NULL OR id <= ?) "
+            "AND configuration IS NOT NULL ORDER BY id DESC LIMIT 1", (pipeline_id, upto, upto))
         return rows[0][0] if rows else None
 
     async def record(self, pipeline_id: int, values: tuple, keep: int) -> None:

@@ -24,12 +24,37 @@ from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
 # ---- the vocabulary of the seams ------------------------------------------
 @dataclass(frozen=True)
+class Binding:
+    """What a placement decided for one node of an attempt, for the node to enforce.
+
+    ``cores``: core indices on the node that are the CPU affinity of every
+    process of the attempt there (empty: no affinity). ``cpu_quota``: cores'
+    worth of CPU time per period (a cgroup quota; None: none). ``memory_mb``:
+    the memory limit of the attempt on this node (0: none). ``gpus``: device
+    indices the task sees (``CUDA_VISIBLE_DEVICES``); ``gpu_vendor`` picks the
+    variable (``nvidia`` or ``amd``). ``socket``: the socket the cores lie in,
+    when they lie in one.
+    """
+
+    cores: tuple[int, ...] = ()
+    cpu_quota: float | None = None
+    memory_mb: int = 0
+    gpus: tuple[int, ...] = ()
+    gpu_vendor: str = "nvidia"
+    socket: int | None = None
+
+
+NO_BINDING = Binding()
+
+
+@dataclass(frozen=True)
 class Host:
-    """One node of a placement and how many worker slots it holds."""
+    """One node of a placement, how many worker slots it holds and what is bound there."""
 
     node: str
     address: str
     slots: int
+    binding: Binding = NO_BINDING
 
 
 @dataclass(frozen=True)

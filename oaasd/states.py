@@ -17,9 +17,11 @@ class State(StrEnum):
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"  # the attempt's memory limit was hit and the OOM killer ended it
 
 
-FINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.NODE_FAIL})
+FINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.NODE_FAIL,
+                   State.OUT_OF_MEMORY})
 ACTIVE = frozenset({State.PENDING, State.RUNNING})  # "pending or running": the one definition
 
 # RUNNING -> PENDING is the requeue of a task whose node failed while it
@@ -48,6 +50,7 @@ class Reason(StrEnum):
     NODE_FAIL = "NodeFail"
     LAUNCH_FAILED = "LaunchFailed"
     BAD_WORKDIR = "BadWorkdir"  # the task's workdir is missing or not its user's to enter: no retry
+    OUT_OF_MEMORY = "OutOfMemory"  # killed by the OOM killer inside its memory limit: no retry
     LOST = "AttemptLost"
     REQUEUED = "Requeued"
     ADOPTED = "Adopted"

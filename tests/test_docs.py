@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from oaasd.config import Settings
 from oaasd.http.openapi import OPERATIONS
 from oaasd.service.cluster import NODE_STATES
-from oaasd.states import Reason, State
+from oaasd.states import CallbackState, PipelineReason, PipelineState, Reason, State, TuningReason, TuningState
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
@@ -54,6 +54,8 @@ def test_config_key_is_documented(key):
     assert f"`{key}`" in DOCS
 
 
-@pytest.mark.parametrize("word", [s.value for s in State] + [r.value for r in Reason] + list(NODE_STATES))
+@pytest.mark.parametrize("word", [w.value for enum in (State, Reason, TuningState, TuningReason, PipelineState,
+                                                      PipelineReason, CallbackState) for w in enum]
+                         + list(NODE_STATES))
 def test_state_and_reason_are_documented(word):
     assert f"`{word}`" in DOCS

@@ -25,10 +25,11 @@ from oaasd.http.common import (
 from oaasd.models import Strict, TaskSpec
 from oaasd.tuning.description import Name
 from oaasd.tuning.trials import parse_description
+from oaasd.states import TuningState
 
 routes = web.RouteTableDef()
 
-TUNING_STATES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+TUNING_STATES = tuple(TuningState)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Id = Annotated[StrictInt, Field(ge=1, le=1 << 62)]  # SQLite holds 64-bit integers
 

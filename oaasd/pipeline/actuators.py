@@ -34,6 +34,7 @@ from oaasd.ports import Intake, ReplicaLink
 from oaasd.service.auth import Users
 from oaasd.store.db import Store
 from oaasd.store.pipelines import PipelineStore
+from oaasd.states import PipelineReason
 
 log = logging.getLogger("oaasd.pipelines")
 
@@ -259,7 +260,7 @@ class Replicas:
                     started.append(await self._start(cfg))
                 except OaasError as exc:
                     errors.append(f"{cfg.stage}: {exc.message}")
-        cancelled = await self._cancel(cancel, "PipelineAdapted", errors)
+        cancelled = await self._cancel(cancel, PipelineReason.PIPELINE_ADAPTED, errors)
         out = {"status": "failed" if errors else "ok", "message": "; ".join(errors) or None,
                "started": started, "cancelled": cancelled}
         if grant.count < len(ready):

@@ -59,13 +59,14 @@ from oaasd.service.outbound import Client, privileged
 from oaasd.service.pools import SOLVE
 from oaasd.store.db import Store
 from oaasd.store.pipelines import PipelineStore
+from oaasd.states import PipelineState
 
 log = logging.getLogger("oaasd.pipelines")
 
 MIN_INTERVAL_S = 0.2
 HISTORY = 2000  # observations the predictor sees
 KEEP_ADAPTATIONS = 10_000  # per pipeline
-STATES = ("RUNNING", "STOPPED")
+STATES = tuple(PipelineState)
 
 
 class Registration(BaseModel):

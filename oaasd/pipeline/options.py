@@ -45,6 +45,7 @@ from oaasd.pipeline.model import (
     SolveMethod,
     StageDecision,
 )
+from oaasd.states import PipelineReason
 
 
 @dataclass(frozen=True)
@@ -236,10 +237,10 @@ def build_decision(pipeline: Pipeline, tables: list[StageOptions], choice: tuple
             capacity_rps=replicas * prof.throughput_rps, accuracy=variant.accuracy,
             cores=float(t.cores[o]), gpus=float(t.gpus[o])))
         if t.needed[o] > stage.max_replicas:
-            reasons.append(InfeasibleReason(reason="ReplicasCapped", stage=stage.name,
+            reasons.append(InfeasibleReason(reason=PipelineReason.REPLICAS_CAPPED.value, stage=stage.name,
                                             requested=int(t.needed[o]), limit=stage.max_replicas))
     if s.latency_ms > pipeline.slo_ms:
-        reasons.append(InfeasibleReason(reason="SloUnmet", requested=s.latency_ms,
+        reasons.append(InfeasibleReason(reason=PipelineReason.SLO_UNMET.value, requested=s.latency_ms,
                                         limit=pipeline.slo_ms))
     return Decision(
         pipeline=pipeline.name, method=method, load_rps=load_rps,

@@ -30,6 +30,7 @@ from oaasd.service.metrics import Metrics
 from oaasd.service.outbound import Client, DeniedError, OutboundError, privileged
 from oaasd.store.callbacks import CallbackStore
 from oaasd.store.db import Store
+from oaasd.states import CallbackState
 
 PAYLOAD_FIELDS = ("name", "state", "reason", "message", "ended_at")
 ERROR_CHARS = 500
@@ -106,10 +107,11 @@ class Callbacks:
                 await asyncio.sleep(self.backoff(attempt - 1))
             status, error, denied = await self._post(url, payload, privileged(self.settings, owner))
             delivered = error is None
-            state = "DELIVERED" if delivered else "FAILED" if attempt == last or denied else "PENDING"
+            state = (CallbackState.DELIVERED if delivered else CallbackState.FAILED if attempt == last or denied
+                     else CallbackState.PENDING)
             await self._record(task_id, attempt, status, error, state)
             self.metrics.callbacks.labels("delivered" if delivered else "error").inc()
-            if delivered or state == "FAILED":
+            if delivered or state == CallbackState.FAILED:
                 return
 
     async def _post(self, url: str, payload: str, admin: bool) -> tuple[int | None, str | None, bool]:

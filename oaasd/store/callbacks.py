@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from oaasd.states import CALLBACK_TRANSITIONS, CallbackState, check
 from oaasd.store.db import Store
 
 # Ended tasks with a callback_url but no callbacks row: the daemon stopped between
@@ -40,7 +41,7 @@ class CallbackStore:
         """Insert the task's PENDING callback row; False when it already had one."""
         async def op(db):
             cur = await db.execute("INSERT OR IGNORE INTO callbacks (task_id, url, payload, state, created_at) "
-                                   "VALUES (?,?,?,'PENDING',?)", (task_id, url, payload, time.time()))
+                                   "VALUES (?,?,?,?,?)", (task_id, url, payload, CallbackState.PENDING, time.time()))
             return cur.rowcount == 1
         return await self.store.write(op)
 
@@ -53,11 +54,12 @@ class CallbackStore:
 
     async def attempted(self, task_id: int, attempt: int, status: int | None, error: str | None,
                         state: str) -> None:
-        """Record one POST's outcome and the delivery's state after it."""
+        """Record one POST's outcome and the delivery's state after it (a PENDING delivery's next state)."""
+        check(CALLBACK_TRANSITIONS, CallbackState.PENDING, state)
         now = time.time()
 
         async def op(db):
             await db.execute("UPDATE callbacks SET state=?, attempts=?, last_status=?, last_error=?, last_at=?, "
                              "delivered_at=? WHERE task_id=?",
-                             (state, attempt, status, error, now, now if state == "DELIVERED" else None, task_id))
+                             (state, attempt, status, error, now, now if state == CallbackState.DELIVERED else None, task_id))
         await self.store.write(op)

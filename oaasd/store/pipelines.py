@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from oaasd.states import State
+from oaasd.states import PIPELINE_TRANSITIONS, PipelineState, State, check
 from oaasd.store.db import Store
 
 ADAPTATION_COLUMNS = ("id, at, observed_rps, predicted_rps, configuration, latency_ms, accuracy, cost_cores, "
@@ -32,13 +32,13 @@ class PipelineStore:
 
         async def op(db):
             cur = await db.execute("INSERT INTO pipelines (name, user, state, spec, created_at) "
-                                   "VALUES (?, ?, 'RUNNING', ?, ?)", (name, owner, spec, now))
+                                   "VALUES (?, ?, ?, ?, ?)", (name, owner, PipelineState.RUNNING, spec, now))
             return cur.lastrowid
         return await self.store.write(op)
 
     async def running(self) -> list[dict[str, Any]]:
         """Every RUNNING pipeline's row, oldest first."""
-        return await self.store.fetch("SELECT * FROM pipelines WHERE state='RUNNING' ORDER BY id")
+        return await self.store.fetch("SELECT * FROM pipelines WHERE state=? ORDER BY id", (PipelineState.RUNNING,))
 
     async def get(self, pipeline_id: int) -> dict[str, Any] | None:
         """A pipeline's row, or None."""
@@ -52,9 +52,12 @@ class PipelineStore:
 
     async def stop(self, pipeline_id: int) -> None:
         """RUNNING -> STOPPED (no-op when it is not running)."""
+        old, new = PipelineState.RUNNING, PipelineState.STOPPED
+        check(PIPELINE_TRANSITIONS, old, new)
+
         async def op(db):
-            await db.execute("UPDATE pipelines SET state='STOPPED', stopped_at=? WHERE id=? AND state='RUNNING'",
-                             (time.time(), pipeline_id))
+            await db.execute("UPDATE pipelines SET state=?, stopped_at=? WHERE id=? AND state=?",
+                             (new, time.time(), pipeline_id, old))
         await self.store.write(op)
 
     async def set_applied(self, pipeline_id: int, applied: str) -> None:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from oaasd.errors import NotFoundError
+from oaasd.states import TUNING_TRANSITIONS, State, TuningState, check, check_transition
 from oaasd.store.db import Store
 
 TUNING_COLUMNS = "id, name, user, state, reason, created_at, ended_at"
@@ -47,15 +48,19 @@ class TuningStore:
             now = time.time()
             cur = await db.execute(
                 "INSERT INTO tunings (name, user, state, description, created_at, fingerprint) "
-                "VALUES (?,?,?,?,?,?)", (name, user, "RUNNING", json.dumps(description), now, fingerprint))
+                "VALUES (?,?,?,?,?,?)", (name, user, TuningState.RUNNING, json.dumps(description), now, fingerprint))
             return cur.lastrowid, now
         return await self.store.write(op)
 
     async def end_tuning(self, tuning_id: int, state: str, reason: str) -> bool:
-        """RUNNING -> ``state`` by compare-and-set; False when it had already ended."""
+        """RUNNING -> ``state`` by compare-and-set; False when it had already ended.
+
+        ``state`` must be one RUNNING may go to (IllegalTransitionError otherwise)."""
+        check(TUNING_TRANSITIONS, TuningState.RUNNING, state)
+
         async def op(db):
-            cur = await db.execute("UPDATE tunings SET state=?, reason=?, ended_at=? WHERE id=? AND state='RUNNING'",
-                                   (state, reason, time.time(), tuning_id))
+            cur = await db.execute("UPDATE tunings SET state=?, reason=?, ended_at=? WHERE id=? AND state=?",
+                                   (state, reason, time.time(), tuning_id, TuningState.RUNNING))
             return cur.rowcount == 1
         return await self.store.write(op)
 
@@ -154,6 +159,8 @@ class TuningStore:
                                 result: dict[str, Any] | None = None, elapsed_s: float | None = None,
                                 prune_reason: str | None = None) -> int:
         """RUNNING -> ``state`` for each trial by compare-and-set; return how many changed."""
+        check_transition(State.RUNNING, state)
+
         async def op(db):
             cur = await db.executemany(
                 "UPDATE worker_trials SET state=?, reason=?, ended_at=?, result=?, elapsed_s=?, "

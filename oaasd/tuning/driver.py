@@ -28,14 +28,13 @@ from oaasd.ports import EventSink, Intake, MetricsReport, TaskEnd, TrialLink
 from oaasd.service.auth import Grant, Users
 from oaasd.service.background import Background
 from oaasd.service.pools import SUGGEST
-from oaasd.states import ACTIVE, Reason, State
+from oaasd.states import ACTIVE, Reason, State, TuningReason, TuningState, tuning_end_state
 from oaasd.store.db import Store
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner, TuningDescription, space_fingerprint
 from oaasd.tuning.trials import (
     CANCEL_ACTIVE,
     FAILED_STATES,
-    FAILING_REASONS,
     best_of,
     brief,
     series_of,
@@ -183,14 +182,14 @@ class Tunings:
         """Why a live tuning launches nothing more (its tuner's reason, or ``AllTrialsFailed``), or None."""
         tuner = self.tuners[tuning_id]
         reason = tuner.stop_reason(trials, time.time() - self.created_at[tuning_id])
-        if reason not in (None, "NumberOfTrials"):
+        if reason not in (None, TuningReason.NUMBER_OF_TRIALS):
             return reason
         # every trial so far failed (pruned ones are not failures): stop after a few, not the whole budget
         ended = [r for r in rows if not r["baseline"] and r["state"] not in ACTIVE]
         enough = min(tuner.description.number_of_trials - tuner.description.needs_baseline,
                      max(3, tuner.description.worker_num))
         if len(ended) >= max(1, enough) and all(r["state"] in FAILED_STATES for r in ended):
-            return "AllTrialsFailed"
+            return TuningReason.ALL_TRIALS_FAILED
         return reason
 
     async def _launch(self, tuning_id: int, trials: list[Trial]) -> str | None:
@@ -207,7 +206,7 @@ class Tunings:
             reason = await self._submit_all(tuning_id, suggestions, len(trials))
         self._wait_for_quota(tuning_id, grant if grant.count < room else None)
         if reason is None and grant.count and not suggestions and not any(t.state in ACTIVE for t in trials):
-            return "SpaceExhausted"  # the sampler has nothing left to try
+            return TuningReason.SPACE_EXHAUSTED
         return reason
 
     def _wait_for_quota(self, tuning_id: int, held: Grant | None) -> None:
@@ -230,7 +229,7 @@ class Tunings:
             try:
                 task_id = (await self.intake.submit(spec, TrialLink(tuning_id, s.config, s.baseline))).task_id
             except UnsatisfiableError:
-                return "Unsatisfiable"  # the nodes changed since the tuning was accepted
+                return TuningReason.UNSATISFIABLE
             except ConflictError:  # cancelled meanwhile
                 return None
             self.trial_of[task_id] = tuning_id
@@ -238,7 +237,7 @@ class Tunings:
 
     async def end(self, tuning_id: int, reason: str) -> None:
         """End a tuning (FAILED or COMPLETED by its reason) and forget it."""
-        state = "FAILED" if reason in FAILING_REASONS else "COMPLETED"
+        state = tuning_end_state(reason)
         if await self.db.end_tuning(tuning_id, state, reason):
             log.info("tuning %d: %s (%s)", tuning_id, state, reason)
             self.events.publish({"type": "tuning", "tuning_id": tuning_id, "state": state, "reason": reason})
@@ -248,7 +247,7 @@ class Tunings:
         """End a tuning CANCELLED and cancel its pending and running trials; False when it had already ended."""
         await self.db.get_tuning(tuning_id)  # 404 when unknown
         async with self.lock(tuning_id):
-            if not await self.db.end_tuning(tuning_id, "CANCELLED", Reason.CANCELLED_BY_USER.value):
+            if not await self.db.end_tuning(tuning_id, TuningState.CANCELLED, Reason.CANCELLED_BY_USER):
                 return False
             rows = await self.db.trials(tuning_id)
             open_ids = [r["trial_id"] for r in rows if r["state"] in ACTIVE and r["task_id"] is None]

@@ -16,12 +16,11 @@ from pydantic import ValidationError
 
 from oaasd.errors import ValidationFailedError, pydantic_detail
 from oaasd.models import TaskSpec, parse_model
-from oaasd.states import State
+from oaasd.states import State, TuningReason
 from oaasd.tuning import Trial, Tuner, TuningDescription
 
 FAILED_STATES = (State.FAILED.value, State.TIMEOUT.value, State.NODE_FAIL.value, State.OUT_OF_MEMORY.value)
-FAILING_REASONS = ("BaselineFailed", "AllTrialsFailed", "Unsatisfiable")  # the tuning ends FAILED
-CANCEL_ACTIVE = ("TimeBudget", "FirstFeasible")  # running trials no longer matter
+CANCEL_ACTIVE = (TuningReason.TIME_BUDGET, TuningReason.FIRST_FEASIBLE)  # running trials no longer matter
 RESOURCE_KEYS = ("cpus", "memory_mb", "gpus", "cores")  # template shorthands for ``resources``
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oaasd.states import ACTIVE
+from oaasd.states import ACTIVE, TuningReason
 from oaasd.tuning.description import TuningDescription, early_stopping_target
 from oaasd.tuning.pareto import pareto_front
 from oaasd.tuning.pruners import Decision, make_pruner
@@ -204,14 +204,14 @@ class Tuner:
         """
         d = self.description
         if d.time_budget_s is not None and elapsed_s >= d.time_budget_s:
-            return "TimeBudget"
+            return TuningReason.TIME_BUDGET
         base = next((t for t in trials if t.baseline), None)
         if d.needs_baseline and base is not None and base.state not in ACTIVE and self.thresholds(trials) is None:
-            return "BaselineFailed"
+            return TuningReason.BASELINE_FAILED
         if d.stop_when == "first_feasible" and self.feasible_trials(trials):
-            return "FirstFeasible"
+            return TuningReason.FIRST_FEASIBLE
         if len(trials) >= d.number_of_trials:
-            return "NumberOfTrials"
+            return TuningReason.NUMBER_OF_TRIALS
         return None
 
     def should_stop(self, trial_id: Any, intermediate: Sequence[tuple[float, float]],

@@ -17,7 +17,7 @@ Rules:
   out as workers ask; the next round starts when every trial of the round
   was observed, failed or timed out;
 - a worker that finds no free slot is answered
-  ``{"done": false, "trial_id": null, "retry_after_s": ..., "reason": "TrialsRunning"}``;
+  ``{"done": false, "trial_id": null, "retry_after_s": ..., "reason": TuningReason.TRIALS_RUNNING}``;
 - once the budget is spent or the tuning has ended, ``suggest`` answers
   ``{"done": true, "reason": ...}`` with 200: the end of a worker's loop is
   no error;
@@ -35,13 +35,13 @@ import time
 from typing import Any, Coroutine, Protocol
 
 from oaasd.errors import ConflictError, ValidationFailedError
-from oaasd.states import ACTIVE, Reason, State
+from oaasd.states import ACTIVE, Reason, State, TuningReason
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner
 from oaasd.tuning.trials import CANCEL_ACTIVE, to_trial, trial_view
 
 RETRY_AFTER_S = 0.5
-OUTCOMES = {"SUCCEEDED": (State.COMPLETED, "Observed"), "FAILED": (State.FAILED, "WorkerFailed")}
+OUTCOMES = {"SUCCEEDED": (State.COMPLETED, TuningReason.OBSERVED), "FAILED": (State.FAILED, TuningReason.WORKER_FAILED)}
 
 
 def refused(field: str, value: int, problem: str) -> ConflictError:
@@ -185,9 +185,9 @@ class Workers:
         s = await self._next_suggestion(tuning_id, [to_trial(r) for r in rows])
         if s is None:
             if any(r["state"] in ACTIVE for r in rows):
-                return {"done": False, "trial_id": None, "retry_after_s": RETRY_AFTER_S, "reason": "TrialsRunning"}
-            await self.t.end(tuning_id, "SpaceExhausted")
-            return {"done": True, "reason": "SpaceExhausted", "trial_id": None}
+                return {"done": False, "trial_id": None, "retry_after_s": RETRY_AFTER_S, "reason": TuningReason.TRIALS_RUNNING}
+            await self.t.end(tuning_id, TuningReason.SPACE_EXHAUSTED)
+            return {"done": True, "reason": TuningReason.SPACE_EXHAUSTED, "trial_id": None}
         new = await self.db.add_worker_trial(tuning_id, worker_id, s.config, s.baseline,
                                              tuner.description.trial_timeout_s)
         self._arm(tuning_id, await self.db.trials(tuning_id))

@@ -32,7 +32,9 @@ SPEC = {"command": ["/bin/sh", "-c", 'echo "OAAS_RESULT {\\"n\\": 1}"'], "resour
 async def run_batch(port: int, n: int) -> float:
     """Submit n tasks at once; return seconds until every one is COMPLETED."""
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
+    # 32 pooled connections: the daemon refuses more than [server]
+    # max_connections_per_peer (64) from one address, as it should.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as s:
         t0 = time.perf_counter()
 
         async def submit() -> int:

@@ -9,6 +9,10 @@ tree's code on PYTHONPATH. A benchmark's printed lines are matched by their
 text with the numbers taken out, and every number is compared by its median
 over the rounds: ``base -> new (new/base)``. Which direction is better depends
 on the figure (a rate or a time); the line says which it is.
+
+``--this-scripts`` runs this checkout's copy of each script in the base tree
+too (still on the base tree's code): for a script fixed since the base
+commit, so that both sides are measured the same way.
 """
 
 from __future__ import annotations
@@ -86,11 +90,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the benchmarks' small sizes")
     parser.add_argument("--only", nargs="*", default=list(BENCHES), help="benchmark scripts to run")
+    parser.add_argument("--this-scripts", action="store_true",
+                        help="run this checkout's benchmark scripts in the base tree too")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; base {args.base} vs this checkout; {args.rounds} rounds; "
           f"{time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as tmp:
         base = unpack(args.base, Path(tmp))
+        if args.this_scripts:
+            for script in args.only:
+                (base / "bench" / script).write_bytes((REPO / "bench" / script).read_bytes())
         for script in args.only:
             extra = BENCHES[script][0 if args.quick else 1]
             runs: dict[str, list[list[str]]] = {"base": [], "new": []}

@@ -37,9 +37,10 @@ def cli(tmp_path):
     base.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), COLUMNS="100")
 
     def run(*args: str, env: dict[str, str] | None = None, url: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+            timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
         full = {**base, **({"OAAS_URL": url} if url else {}), **(env or {})}
-        return subprocess.run([str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([str(SCRIPT), *args], env=full, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd)
     return run
 
 
@@ -93,6 +94,43 @@ def test_submit_with_command_and_from_file(cli, d, tmp_path):
 
     no_result = int(ok(cli("submit", "--no-result-required", "--", PY, "-c", "pass", url=url_of(d))))
     assert d.wait(no_result)["state"] == "COMPLETED"
+
+
+def test_submit_runs_where_it_was_called_with_the_env_asked_for(cli, d, tmp_path):
+    project = tmp_path / "my project"  # a space: the folder reaches the node as one word
+    project.mkdir()
+    (project / "run.sh").write_text('echo "ran in $PWD"\n')
+    (project / "run.sh").chmod(0o755)
+    task = int(ok(cli("submit", "--no-result-required", "--", "pwd", url=url_of(d), cwd=project)))
+    assert d.wait(task)["state"] == "COMPLETED"
+    assert ok(cli("logs", str(task), url=url_of(d))) == f"{project}\n"
+    assert d.task(task)["spec"]["workdir"] == str(project)
+    # a relative program path resolves in the working directory
+    task = int(ok(cli("submit", "--no-result-required", "--", "./run.sh", url=url_of(d), cwd=project)))
+    assert d.wait(task)["state"] == "COMPLETED"
+    assert ok(cli("logs", str(task), url=url_of(d))) == f"ran in {project}\n"
+    # --workdir wins, relative to where the client runs
+    (project / "sub").mkdir()
+    task = int(ok(cli("submit", "--workdir", "sub", "--no-result-required", "--", "pwd", url=url_of(d),
+                      cwd=project)))
+    assert d.wait(task)["state"] == "COMPLETED"
+    assert ok(cli("logs", str(task), url=url_of(d))) == f"{project / 'sub'}\n"
+    # --env sets, --export passes this shell's variables, never OAAS_* (the caller's token among them)
+    show = ["/bin/sh", "-c", 'echo "$A|$B|$SECRETISH|${OAAS_TOKEN-unset}"']
+    env = {"B": "from-shell", "SECRETISH": "s", "OAAS_TOKEN": "t0ken"}
+    task = int(ok(cli("submit", "--env", "A=1=2", "--export", "B", "--no-result-required", "--", *show,
+                      url=url_of(d), env=env)))
+    assert d.wait(task)["state"] == "COMPLETED"
+    assert ok(cli("logs", str(task), url=url_of(d))) == "1=2|from-shell||unset\n"
+    task = int(ok(cli("submit", "--export", "--no-result-required", "--", *show, url=url_of(d), env=env)))
+    assert d.wait(task)["state"] == "COMPLETED"
+    assert ok(cli("logs", str(task), url=url_of(d))) == "|from-shell|s|unset\n"
+    # a folder that does not exist on the node: the attempt fails with a reason, never retried
+    task = int(ok(cli("submit", "--workdir", str(tmp_path / "gone"), "--", "pwd", url=url_of(d))))
+    view = d.wait(task)
+    assert (view["state"], view["reason"]) == ("FAILED", "BadWorkdir"), view
+    assert one_error_line(cli("submit", "--env", "1X=2", "--", "pwd", url=url_of(d))).startswith(
+        "oaasd: --env '1X=2': expected NAME=VALUE")
 
 
 def test_status_table_json_and_details(cli, d):

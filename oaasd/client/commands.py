@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from oaasd.client.http import Client, ClientError, resolve
+from oaasd.models import ENV_NAME
 from oaasd.states import FINAL, State
 
 EXIT_BY_STATE = {State.COMPLETED: 0, State.FAILED: 1, State.CANCELLED: 2}
@@ -89,7 +90,13 @@ def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--workers", type=int, help="gang size")
     p.add_argument("--cpus", type=float, help="cores per worker")
     p.add_argument("--memory-mb", type=int, help="memory per worker in MB")
-    p.add_argument("--gpus", type=int, help="GPUs per worker")
+    p.add_argument("--gpus", type=float, help="GPUs per worker (a fraction below 1 is a share of one device)")
+    p.add_argument("--workdir", help="directory the task runs in (default: the current directory)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a variable in the task's environment (repeatable)")
+    p.add_argument("--export", nargs="?", const="ALL", metavar="ALL|NONE|NAME,...",
+                   help="pass this shell's environment (ALL, the default of a bare --export) or the named "
+                        "variables to the task, like sbatch --export; OAAS_* are never passed")
     p.add_argument("--time-limit", type=float, help="time limit in seconds (ends the task TIMEOUT)")
     p.add_argument("--name", help="task name (default: the program's name)")
     p.add_argument("--no-result-required", action="store_true",
@@ -165,15 +172,46 @@ def read_spec(path: str) -> dict[str, Any]:
 def apply_options(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Set the fields given as options on ``spec`` (they win over the file's)."""
     top = {"workers": args.workers, "time_limit_s": args.time_limit, "name": args.name,
-           "require_result": False if args.no_result_required else None}
+           "require_result": False if args.no_result_required else None, "workdir": args.workdir}
     spec.update({k: v for k, v in top.items() if v is not None})
-    res = {k: v for k, v in (("cpus", args.cpus), ("memory_mb", args.memory_mb), ("gpus", args.gpus))
+    if "workdir" not in spec:  # like sbatch: the task runs where it was submitted from
+        spec["workdir"] = os.getcwd()
+    elif isinstance(spec["workdir"], str) and not spec["workdir"].startswith("/"):
+        spec["workdir"] = os.path.abspath(spec["workdir"])  # relative to where oaasd submit runs
+    env = exported(args.export) | dict(assignment(a) for a in args.env)
+    if env:
+        if not isinstance(spec.setdefault("env", {}), dict):
+            raise ClientError("the spec's env must be a JSON object")
+        spec["env"].update(env)
+    gpus = args.gpus if args.gpus is None or not args.gpus.is_integer() else int(args.gpus)
+    res = {k: v for k, v in (("cpus", args.cpus), ("memory_mb", args.memory_mb), ("gpus", gpus))
            if v is not None}
     if res:
         if not isinstance(spec.setdefault("resources", {}), dict):
             raise ClientError("the spec's resources must be a JSON object")
         spec["resources"].update(res)
     return spec
+
+
+def assignment(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--env``."""
+    name, eq, value = text.partition("=")
+    if not eq or not ENV_NAME.match(name):
+        raise ClientError(f"--env {text!r}: expected NAME=VALUE with a valid variable name")
+    return name, value
+
+
+def exported(what: str | None) -> dict[str, str]:
+    """The variables ``--export`` passes: none, all of this shell's, or the named ones.
+
+    OAAS_* (the daemon's own, among them the caller's token) are never passed;
+    neither are names that are not valid variable names.
+    """
+    if what is None or what == "NONE":
+        return {}
+    names = list(os.environ) if what == "ALL" else [n for n in what.split(",") if n]
+    return {n: os.environ[n] for n in names
+            if n in os.environ and ENV_NAME.match(n) and not n.startswith("OAAS_")}
 
 
 # ---- status, logs, cancel -------------------------------------------

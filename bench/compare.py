@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="the benchmarks' small sizes")
     parser.add_argument("--only", nargs="*", default=list(BENCHES), help="benchmark scripts to run")
+    parser.add_argument("--args", help="arguments for every script instead of its usual ones, as one string: "
+                        "--args='--quick --throughput-only'")
     parser.add_argument("--this-scripts", action="store_true",
                         help="run this checkout's benchmark scripts in the base tree too")
     args = parser.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
             for script in args.only:
                 (base / "bench" / script).write_bytes((REPO / "bench" / script).read_bytes())
         for script in args.only:
-            extra = BENCHES[script][0 if args.quick else 1]
+            extra = args.args.split() if args.args is not None else BENCHES[script][0 if args.quick else 1]
             runs: dict[str, list[list[str]]] = {"base": [], "new": []}
             for r in range(args.rounds):
                 order = [("base", base), ("new", REPO)] if r % 2 == 0 else [("new", REPO), ("base", base)]

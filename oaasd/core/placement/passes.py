@@ -20,8 +20,12 @@ What it saves, per request:
 - ``first`` takes the first rows with room; the other scorers are computed
   once per request and masked with -inf, ranked by argmax passes;
 - per-core shares of equal size (the common case) are checked and packed on
-  plain ints per row (``shares_fit``, ``cores.pack_equal_row``), only for
-  the rows the ranking reaches, as ``place`` does;
+  plain ints per row (``workers_fit``, ``cores.equal_fit_row``,
+  ``cores.pack_equal_row``: each share of a worker on its own core), only
+  for the rows the ranking reaches, as ``place`` does;
+- cores of plain cpu requests are bound after every request is placed
+  (``binding.bind_all``, in queue order): the choice never changes which
+  nodes fit, so binding last gives what binding each in turn gives;
 - a gang's slot arithmetic, ``use`` and subtraction work on Python ints
   (a copy of ``free`` kept row by row, stored back by scalar);
 - best and worst, the daemon's common case, run in one method (``keyed``):
@@ -29,8 +33,9 @@ What it saves, per request:
   general dealers skipped where their answer is known (k rows for a spread
   gang: one worker each; a packed gang: all rows full but the last).
 
-Exclusive requests, gangs of more than 8, per-core shares of different sizes
-and requests whose best rows mostly fail the per-core check go through
+Exclusive requests, gangs of more than 8, per-core shares of different sizes,
+requests asking for GPUs (their devices are packed by ``place``) and
+requests whose best rows mostly fail the per-core check go through
 ``place`` itself on the same working copy.
 """
 
@@ -40,8 +45,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from oaasd.core.placement.binding import bind_all
 from oaasd.core.placement.checks import Refusal, label_match, refuse
-from oaasd.core.placement.cores import pack_equal_row
+from oaasd.core.placement.cores import equal_fit_row, pack_equal_row
 from oaasd.core.placement.scoring import (
     BUILTIN,
     absolute_left,
@@ -73,15 +79,16 @@ def place_queue(table: NodeTable, requests: Sequence[Request], fit: str = "best"
 
     A refused request does not block later ones (ordering and backfill are
     the policy's business). Reserving the placements on ``table`` in the same
-    order cannot fail while ``table`` is unchanged.
+    order cannot fail while ``table`` is unchanged. Plain cpu requests come
+    with their cores bound, as ``place`` + ``reserve`` one by one bind them.
     """
     work = table.copy()
     if not requests:
         return []
     lean = _Pass(work, fit, weights)
     if lean.score_of not in BUILTIN:  # a scorer added to SCORERS may score -inf: place one by one
-        return [lean.fallback(req) for req in requests]
-    return [lean.place(req) for req in requests]
+        return bind_all(table, requests, [lean.fallback(req) for req in requests])
+    return bind_all(table, requests, [lean.place(req) for req in requests])
 
 
 class _Pass:
@@ -133,18 +140,19 @@ class _Pass:
             hit = self.cores_of[i] = (self.work.core_free[i].tolist(), {})
         return hit
 
-    def shares_fit(self, i: int, share: int) -> int:
-        """How many shares of ``share`` millicores row i's cores take (each on one core)."""
+    def workers_fit(self, i: int, share: int, p: int, k: int) -> int:
+        """How many workers (at most k) of p shares of ``share`` millicores row i's cores
+        take, each share of a worker on its own core (``cores.equal_fit_row``)."""
         row, known = self.cores(i)
-        n = known.get(share)
+        n = known.get((share, p, k))
         if n is None:
-            n = known[share] = sum(map(share.__rfloordiv__, row))  # c // share, looped in C
+            n = known[share, p, k] = equal_fit_row(row, share, p, k)
         return n
 
     def place(self, req: Request) -> Placement | Refusal:
         """Place one request: here, or through ``place`` for what the loop does not specialise
         (exclusive, more than 8 workers, per-core shares of different sizes)."""
-        if req.exclusive or req.workers > 8 or (req.cores and req.shares[0] != req.shares[-1]):
+        if req.exclusive or req.workers > 8 or req.gpu_milli or (req.cores and req.shares[0] != req.shares[-1]):
             return self.fallback(req)
         self.held: dict[int, int] = {}  # row -> workers of this request it holds
         base = self.static.get(req.label_key)
@@ -188,7 +196,7 @@ class _Pass:
             masked[i] = _INF
             row, c = rows_of[i], k
             if share:  # as ``select.pick`` with ``fits``: past 4k + 16 refused rows, place answers
-                q = self.shares_fit(i, share) // p
+                q = self.workers_fit(i, share, p, k)
                 if not q:
                     refused += 1
                     if refused > 4 * k + 16:
@@ -245,7 +253,7 @@ class _Pass:
     def take_cores(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
         """Pack ``take`` workers' equal shares on each row's cores and subtract them: (m, c) int64."""
         share, p = int(req.shares[0]), len(req.shares)
-        core_use = np.array([pack_equal_row(self.cores(i)[0], share, t * p) for i, t in zip(rows, take)], np.int64)
+        core_use = np.array([pack_equal_row(self.cores(i)[0], share, p, t) for i, t in zip(rows, take)], np.int64)
         for i, u in zip(rows, core_use):
             self.work.core_free[i] -= u
             self.cores_of.pop(i, None)
@@ -253,7 +261,7 @@ class _Pass:
 
     def fallback(self, req: Request) -> Placement | Refusal:
         """``place`` on the working copy, and subtract what it placed."""
-        result = place(self.work, req, self.fit, self.weights)
+        result = place(self.work, req, self.fit, self.weights, bind=False)  # bound at the end
         if isinstance(result, Placement):
             assume(self.work, result)  # just placed on work: it fits
             self.touched(result.nodes.tolist())
@@ -264,7 +272,7 @@ class _Pass:
         if not req.cores:
             return None
         share, p = int(req.shares[0]), len(req.shares)
-        return lambda i: self.shares_fit(i, share) >= p
+        return lambda i: self.workers_fit(i, share, p, 1) >= 1
 
     def select(self, req: Request, ok: np.ndarray) -> list[int] | None:
         """The best min(k, m) rows with room, best first, exactly as ``place`` ranks them,
@@ -296,7 +304,7 @@ class _Pass:
             for r, x in req.asked:
                 c = min(c, row[r] // x)
             if req.cores:
-                c = min(c, self.shares_fit(i, int(req.shares[0])) // len(req.shares))
+                c = min(c, self.workers_fit(i, int(req.shares[0]), len(req.shares), req.workers))
             self.held[i] = c
         return c
 

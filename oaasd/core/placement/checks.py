@@ -253,7 +253,7 @@ def _shortfalls(table: NodeTable, request: Request, eligible: np.ndarray) -> tup
             out.append(Shortfall("core_milli", big, cfree, ctotal))
         p = len(request.cores)  # each share on its own core
         roomy = int(np.count_nonzero(table.core_free[eligible] >= request.shares[-1], axis=1).max())
-        if p > roomy:
+        if p > roomy and big <= cfree:  # each share fits some core, not all on different ones
             out.append(Shortfall("cores_distinct", p, roomy, int(table.ncores[eligible].max())))
     if request.gpu_milli:
         share, p = request.gpu_shares

@@ -89,7 +89,7 @@ def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--workers", type=int, help="gang size")
     p.add_argument("--cpus", type=float, help="cores per worker")
     p.add_argument("--memory-mb", type=int, help="memory per worker in MB")
-    p.add_argument("--gpus", type=int, help="GPUs per worker")
+    p.add_argument("--gpus", type=float, help="GPUs per worker (whole, or a share below 1 of one device)")
     p.add_argument("--time-limit", type=float, help="time limit in seconds (ends the task TIMEOUT)")
     p.add_argument("--name", help="task name (default: the program's name)")
     p.add_argument("--no-result-required", action="store_true",

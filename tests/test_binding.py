@@ -11,7 +11,7 @@ import pytest
 from oaasd.config import NodeConfig, Settings, parse_nvidia_smi
 from oaasd.core import placement as pl
 from oaasd.core.placement import Placement, Refusal, Request
-from oaasd.core.placement.binding import choose_cores
+from oaasd.core.placement.table import choose_cores
 from oaasd.models import TaskSpec
 from oaasd.ports import Binding
 from oaasd.service.cluster import Cluster
@@ -34,6 +34,14 @@ def one_by_one(t: pl.NodeTable, queue: list[Request], fit: str = "best") -> list
 
 def bindings(t: pl.NodeTable, got: list) -> list:
     return [None if isinstance(p, Refusal) else pl.host_bindings(t, p) for p in got]
+
+
+def reserved(t: pl.NodeTable, queue: list[Request], got: list) -> list:
+    """Reserve a pass's placements in order on t (as the scheduler does: that binds their cores)."""
+    for r, p in zip(queue, got):
+        if isinstance(p, Placement):
+            pl.reserve(t, r, p)
+    return got
 
 
 # ---------------------------------------------------------------- distinct cores
@@ -81,9 +89,10 @@ def test_cores_distinct_shortfall_names_the_counts():
 def test_two_one_cpu_tasks_on_two_cores_get_distinct_cores():
     t = table({"name": "a", "cpus": 2, "memory_mb": 100})
     r = Request(cpu_milli=1000)
-    passed = pl.place_queue(t, [r, r])
-    assert [b[0]["cores"] for b in bindings(t, passed)] == [[0], [1]]
     assert [b[0]["cores"] for b in bindings(t, one_by_one(t.copy(), [r, r]))] == [[0], [1]]
+    passed = pl.place_queue(t, [r, r])
+    assert [p.bound for p in passed] == [None, None]  # the pass decides nodes; reserve binds cores
+    assert [b[0]["cores"] for b in bindings(t, reserved(t, [r, r], passed))] == [[0], [1]]
 
 
 @pytest.mark.parametrize("load, sockets, milli, want", [
@@ -97,7 +106,7 @@ def test_two_one_cpu_tasks_on_two_cores_get_distinct_cores():
     ([300, 200, 100, 0], 1, 250, ((3, 250),)),
 ])
 def test_choose_cores_least_load_one_socket_when_it_fits(load, sockets, milli, want):
-    assert choose_cores(load, sockets, milli) == want
+    assert choose_cores(np.array(load, np.int64), sockets, milli) == want
 
 
 def test_socket_preference_and_quota_in_the_binding():
@@ -109,8 +118,10 @@ def test_socket_preference_and_quota_in_the_binding():
     assert b[1] == {"cores": [2, 3], "cpu_quota": 1.5, "memory_mb": 0, "gpus": [], "socket": 1}
     assert b[2]["cores"] == [3] and b[2]["cpu_quota"] == 0.5  # core 3 held only 500
     assert t.core_bound[0].tolist() == [1000, 1000, 1000, 1000]
-    span = pl.place(t.configured, Request(cpu_milli=3000))
-    assert pl.host_bindings(t, span)[0]["socket"] is None
+    idle = t.configured.copy()
+    span = pl.place(idle, Request(cpu_milli=3000))
+    pl.reserve(idle, Request(cpu_milli=3000), span)
+    assert pl.host_bindings(idle, span)[0]["socket"] is None
 
 
 def test_bound_cores_avoid_cores_pinned_by_per_core_shares():
@@ -147,7 +158,8 @@ def test_device_choice(queue, devices):
     assert [None if b is None else b[0]["gpus"] for b in bindings(t, got)] == devices
     assert (t.gpu_free >= 0).all() and t.free[0, 2] == t.gpu_free[0].sum()
     fresh = table(GPU_NODE)
-    passed = pl.place_queue(fresh, [Request(cpu_milli=100, gpu_milli=g) for g in queue])
+    q = [Request(cpu_milli=100, gpu_milli=g) for g in queue]
+    passed = reserved(fresh, q, pl.place_queue(fresh, q))
     assert [None if b is None else b[0]["gpus"] for b in bindings(fresh, passed)] == devices
 
 
@@ -205,7 +217,7 @@ def test_hosts_of_gives_the_binding_and_a_rebuild_restores_bound_load_and_device
     for task_id, s in enumerate([spec(cpus=1.5, memory_mb=200, gpus=0.5), spec(cpus=1, gpus=1), spec(cpus=1)]):
         req = c.request_for(s)
         got = pl.place_queue(c.table, [req], c.fit, c.weights)[0]
-        c.reserve(task_id, req, got)
+        c.reserve(task_id, req, got)  # as the scheduler does after its pass: binds the cores
         placed[task_id] = got
     assert c.hosts_of(placed[0])[0].binding == Binding(cores=(0, 1), cpu_quota=1.5, memory_mb=200, gpus=(0,),
                                                        gpu_vendor="amd", socket=0)

@@ -77,11 +77,12 @@ def test_place_queue_equals_place_and_reserve(fit: str, seed: int) -> None:
     for req, g, w in zip(queue, got, want):
         assert type(g) is type(w)
         if isinstance(w, pl.Placement):
+            assert g.bound is None or req.cores or req.exclusive  # the pass binds no cores
+            pl.reserve(work, req, g)  # reserving the pass's placements in order never fails, and binds
             assert g.hosts == w.hosts
             assert np.array_equal(g.use, w.use) and np.array_equal(g.core_use, w.core_use)
             assert g.exclusive == w.exclusive and g.bound == w.bound
             assert (g.gpu_use is None) == (w.gpu_use is None) and (g.gpu_use is None or np.array_equal(g.gpu_use, w.gpu_use))
-            pl.reserve(work, req, g)  # reserving the pass's placements in order never fails
         else:
             assert g == w
     assert np.array_equal(work.free, want_work.free)

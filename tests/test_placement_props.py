@@ -73,9 +73,6 @@ def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
     for (i, slots), u, b in zip(p.hosts, p.core_use, pl.host_bindings(t, p)):
         if r.cores and not r.exclusive:  # no core holds more than one share of each worker
             assert (u <= slots * int(r.shares[0])).all() and np.count_nonzero(u) >= len(r.cores)
-        if r.binds_cores:  # ceil(cpus * slots) distinct cores of the node
-            assert len(b["cores"]) == len(set(b["cores"])) == -(-r.cpu_milli * slots // 1000)
-            assert max(b["cores"]) < t.ncores[i]
     if r.gpu_milli and not r.exclusive:
         share, q = r.gpu_shares
         assert p.gpu_use is not None and (p.gpu_use.sum(1) == r.gpu_milli * np.array([s for _, s in p.hosts])).all()
@@ -84,6 +81,16 @@ def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
             if whole:
                 assert set(u[u > 0].tolist()) == {1000} and (t.gpu_free[i, u > 0] == 1000).all()
             assert (u <= t.gpu_free[i]).all()
+
+
+def check_bound(t: pl.NodeTable, r: Request, p: Placement) -> None:
+    """After reserve: a plain cpu request is bound to ceil(cpus * slots) distinct cores of each node."""
+    assert (p.bound is not None) == r.binds_cores
+    for (i, slots), b in zip(p.hosts, pl.host_bindings(t, p)):
+        if r.binds_cores:
+            assert len(b["cores"]) == len(set(b["cores"])) == -(-r.cpu_milli * slots // 1000)
+            assert max(b["cores"]) < t.ncores[i]
+            assert sum(u for _, u in p.bound[p.hosts.index((i, slots))]) == r.cpu_milli * slots
 
 
 @SETTINGS
@@ -95,9 +102,10 @@ def test_any_sequence_of_place_reserve_release_stays_within_capacity(t, steps):
         got = pl.place(t, r, fit)
         assert np.array_equal(t.free, before[0]) and np.array_equal(t.core_free, before[1])
         if isinstance(got, Placement):
-            assert pl.placement_from_record(t, pl.placement_record(t, got)).bound == got.bound
             check_placement(t, r, got)
             pl.reserve(t, r, got)
+            check_bound(t, r, got)
+            assert pl.placement_from_record(t, pl.placement_record(t, got)).bound == got.bound
             held.append((r, got))
         else:
             assert got.workers == r.workers and got.slots < r.workers
@@ -149,6 +157,7 @@ def test_place_queue_never_over_commits(t, queue, fit):
         if isinstance(got, Placement):
             check_placement(t, r, got)
             pl.reserve(t, r, got)  # raises if the pass handed out more than there is
+            check_bound(t, r, got)
             within_capacity(t)
 
 

@@ -5,9 +5,10 @@ daemon, the trace simulator and the benchmarks call the same stages, one
 module each, every import pointing down this list:
 
     table    NodeTable (struct of arrays), Request, Placement; reserve / release
-             subtract / add back in place, bit for bit
-    binding  the cores a plain cpu request is bound to (least bound load, one
-             socket when it fits), what each node enforces, records by node name
+             subtract / add back in place, bit for bit; reserve binds the cores
+             of a plain cpu request (least load, one socket when it fits)
+    binding  what each node of a placement enforces (cores, quota, memory, GPU
+             devices, socket); records by node name
     cores    per-core (and per-GPU-device) packing of equal or unequal shares,
              each share of a worker on its own core; shared by check and choice
     checks   (table, request) -> (n,) bool, nodes that FAIL, one per reason;

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from oaasd.core.placement.binding import Binder
 from oaasd.core.placement.checks import Refusal, fine_fit, passing
 from oaasd.core.placement.scoring import scorer
 from oaasd.core.placement.select import build_placement, place
@@ -74,7 +73,7 @@ def _assign_round(work: NodeTable, requests: Sequence[Request], todo: np.ndarray
     for i in range(len(rows)):  # rows come back in request (queue) order
         req, row = reqs[rows[i]], nodes[i:i + 1]
         if _fits(work, req, row):
-            out[todo[rows[i]]] = p = Binder(work).bind(req, build_placement(work, req, row, _ONE))
+            out[todo[rows[i]]] = p = build_placement(work, req, row, _ONE)
             reserve(work, req, p)
             placed[rows[i]] = True
     return placed

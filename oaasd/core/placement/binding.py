@@ -1,101 +1,22 @@
-"""Which concrete cores a placement binds, and the placement's persisted record.
+"""What a placement binds on each node, and the placement's persisted record.
 
-A plain ``cpu_milli`` request is bound to ``ceil(cpu_milli * slots / 1000)``
-cores of each node it lands on, the least loaded first (load: millicores
-bound there by other plain requests plus per-core shares and exclusive
-tasks), on ONE socket when one holds that many (the socket whose chosen
-cores carry the least load; ties by socket, then core, order). The choice
-never changes feasibility: nodes are selected first (``select``,
-``passes``), cores bound after, so a pass binds its placements in order
-(``Binder``) exactly as place + reserve one by one would.
-
-``host_bindings`` says per node what the node must enforce; ``placement_record``
-/ ``placement_from_record`` persist a placement by node name. Pure: no I/O.
+A plain ``cpu_milli`` request is bound, when first reserved, to
+``ceil(cpu_milli * slots / 1000)`` cores of each node it lands on
+(``table.choose_cores``: least loaded first, ONE socket when one holds that
+many); a ``cores`` request to the cores its shares took; an exclusive one to
+every core. ``host_bindings`` says per node what the node must enforce;
+``placement_record`` / ``placement_from_record`` persist a placement by node
+name, its bound cores and devices included. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from oaasd.core.placement.table import CPU, GPU_MILLI, MEMORY, NodeTable, Placement, Request
-
-
-def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
-    """The (core, millicores) pairs ``milli`` millicores are bound to, by least ``load``.
-
-    load: per real core of the node (no padding); sockets: split of the cores
-    evenly in order. Whole cores take 1000 each, the last one the rest.
-    """
-    c = len(load)
-    k = min(-(-milli // 1000), c)
-    if k == 1:
-        chosen = [load.index(min(load))]  # the first least-loaded core
-    else:
-        chosen = None
-        if sockets > 1:
-            best = None
-            for s in range(sockets):
-                lo, hi = s * c // sockets, (s + 1) * c // sockets
-                if hi - lo < k:
-                    continue
-                pick = sorted(range(lo, hi), key=load.__getitem__)[:k]  # stable: lowest index on ties
-                cost = sum(load[j] for j in pick)
-                if best is None or cost < best:
-                    best, chosen = cost, pick
-        if chosen is None:
-            chosen = sorted(range(c), key=load.__getitem__)[:k]
-        chosen.sort()
-    last = milli - 1000 * (k - 1)
-    return tuple((j, 1000) for j in chosen[:-1]) + ((chosen[-1], last),)
-
-
-class Binder:
-    """Binds placements made on ``table`` in order, each seeing the loads of those before.
-
-    Loads are read from ``table`` when a row is first touched and kept as
-    Python ints; ``table`` itself is not changed.
-    """
-
-    def __init__(self, table: NodeTable):
-        self.table = table
-        self.loads: dict[int, list[int]] = {}
-
-    def load(self, i: int) -> list[int]:
-        """Row i's per-core load: bound millicores plus what per-core shares take."""
-        hit = self.loads.get(i)
-        if hit is None:
-            t, c = self.table, int(self.table.ncores[i])
-            hit = self.loads[i] = (t.core_bound[i, :c] + t.core_total[i, :c] - t.core_free[i, :c]).tolist()
-        return hit
-
-    def bind(self, request: Request, placement: Placement) -> Placement:
-        """``placement`` with its cores bound (plain cpu requests); the loads take it in."""
-        if not request.binds_cores:
-            for (i, _), u in zip(placement.hosts, placement.core_use):
-                if placement.exclusive or u.any():
-                    load = self.load(i)
-                    for j, x in enumerate(u[: len(load)].tolist()):
-                        load[j] += x
-            return placement
-        bound = []
-        sockets = self.table.sockets
-        for i, slots in placement.hosts:
-            load = self.load(i)
-            pairs = choose_cores(load, int(sockets[i]), request.cpu_milli * slots)
-            for j, x in pairs:
-                load[j] += x
-            bound.append(pairs)
-        return Placement(placement.hosts, placement.use, placement.core_use, placement.exclusive,
-                         placement.gpu_use, tuple(bound))
-
-
-def bind_all(table: NodeTable, requests: Sequence[Request], results: list) -> list:
-    """Bind every Placement of ``results`` (a pass over ``table``, in queue order)."""
-    binder = Binder(table)
-    return [binder.bind(r, p) if isinstance(p, Placement) else p for r, p in zip(requests, results)]
+from oaasd.core.placement.table import CPU, GPU_MILLI, MEMORY, NodeTable, Placement
 
 
 # ---------------------------------------------------------------- what each node enforces
@@ -156,7 +77,7 @@ def placement_from_record(table: NodeTable, record: Mapping[str, Any]) -> Placem
 
     A record of the old format (no ``v``: GPUs counted whole, no devices, no
     bound cores) loads too: its GPUs take the lowest free whole devices of
-    ``table`` as it is now. Raises KeyError for a node no longer in the
+    ``table`` as it is now, and it binds no cores (its processes run unbound). Raises KeyError for a node no longer in the
     table, ValueError for a core or device it lacks.
     """
     index = {name: i for i, name in enumerate(table.names)}
@@ -167,7 +88,9 @@ def placement_from_record(table: NodeTable, record: Mapping[str, Any]) -> Placem
     use = np.array(record["use"], np.int64).reshape(len(hosts), 3)
     if "v" not in record:
         use[:, 2] *= GPU_MILLI
-        return Placement(hosts, use, core_use, bool(record["exclusive"]), _old_devices(table, hosts, use))
+        # its processes run unbound: no cores are chosen for it now (an empty binding per host)
+        return Placement(hosts, use, core_use, bool(record["exclusive"]), _old_devices(table, hosts, use),
+                         tuple(() for _ in hosts))
     gpu_use = None
     if record.get("gpus"):
         gpu_use = _pairs(record["gpus"], len(hosts), table.gpu_free.shape[1], "GPU device", record)

@@ -23,9 +23,9 @@ What it saves, per request:
   plain ints per row (``workers_fit``, ``cores.equal_fit_row``,
   ``cores.pack_equal_row``: each share of a worker on its own core), only
   for the rows the ranking reaches, as ``place`` does;
-- cores of plain cpu requests are bound after every request is placed
-  (``binding.bind_all``, in queue order): the choice never changes which
-  nodes fit, so binding last gives what binding each in turn gives;
+- cores of plain cpu requests are not chosen here at all: ``reserve`` binds
+  them (the choice never changes which nodes fit), so the scheduler's
+  reserves in queue order bind what place + reserve one by one bind;
 - a gang's slot arithmetic, ``use`` and subtraction work on Python ints
   (a copy of ``free`` kept row by row, stored back by scalar);
 - best and worst, the daemon's common case, run in one method (``keyed``):
@@ -45,7 +45,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from oaasd.core.placement.binding import bind_all
 from oaasd.core.placement.checks import Refusal, label_match, refuse
 from oaasd.core.placement.cores import equal_fit_row, pack_equal_row
 from oaasd.core.placement.scoring import (
@@ -79,16 +78,16 @@ def place_queue(table: NodeTable, requests: Sequence[Request], fit: str = "best"
 
     A refused request does not block later ones (ordering and backfill are
     the policy's business). Reserving the placements on ``table`` in the same
-    order cannot fail while ``table`` is unchanged. Plain cpu requests come
-    with their cores bound, as ``place`` + ``reserve`` one by one bind them.
+    order cannot fail while ``table`` is unchanged (and binds the cores of
+    plain cpu requests as ``place`` + ``reserve`` one by one would).
     """
     work = table.copy()
     if not requests:
         return []
     lean = _Pass(work, fit, weights)
     if lean.score_of not in BUILTIN:  # a scorer added to SCORERS may score -inf: place one by one
-        return bind_all(table, requests, [lean.fallback(req) for req in requests])
-    return bind_all(table, requests, [lean.place(req) for req in requests])
+        return [lean.fallback(req) for req in requests]
+    return [lean.place(req) for req in requests]
 
 
 class _Pass:
@@ -261,7 +260,7 @@ class _Pass:
 
     def fallback(self, req: Request) -> Placement | Refusal:
         """``place`` on the working copy, and subtract what it placed."""
-        result = place(self.work, req, self.fit, self.weights, bind=False)  # bound at the end
+        result = place(self.work, req, self.fit, self.weights)
         if isinstance(result, Placement):
             assume(self.work, result)  # just placed on work: it fits
             self.touched(result.nodes.tolist())

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from oaasd.core.placement.binding import Binder
 from oaasd.core.placement.checks import Refusal, Shortfall, candidates, devices, fine_fit, passing, refuse
 from oaasd.core.placement.cores import equal_fit, pack_cores, pack_equal
 from oaasd.core.placement.scoring import score_rows, scorer
@@ -124,17 +123,9 @@ def spread_slots(cap: list[int], k: int) -> list[int]:
 
 
 def place(table: NodeTable, request: Request, fit: str = "best",
-          weights: np.ndarray | None = None, bind: bool = True) -> Placement | Refusal:
-    """Choose nodes for every worker of ``request``, all or nothing, and (unless ``bind``
-    is False) the cores a plain cpu request is bound to; never mutates ``table``."""
-    got = _place(table, request, fit, weights)
-    if bind and isinstance(got, Placement) and request.binds_cores:
-        return Binder(table).bind(request, got)
-    return got
-
-
-def _place(table: NodeTable, request: Request, fit: str, weights: np.ndarray | None) -> Placement | Refusal:
-    """``place`` without binding cores."""
+          weights: np.ndarray | None = None) -> Placement | Refusal:
+    """Choose nodes for every worker of ``request``, all or nothing; never mutates ``table``
+    (the cores of a plain cpu request are bound by ``reserve``)."""
     score_of = scorer(fit)
     cand = candidates(table, request)
     k = request.workers

@@ -10,9 +10,12 @@ CPU is budgeted twice: ``free[:, cpu_milli]`` is every request's budget;
 ``core_free`` also tracks the per-process ``cores`` shares of requests that
 give them (each share of one worker on a different core). A request with
 cores takes ``sum(cores)`` from both, so ``free[:, 0] <= core_free.sum(1)``
-always. A plain ``cpu_milli`` request is also *bound* to concrete cores
-(``binding.choose_cores``, least bound load first): ``core_bound`` adds up
-those loads per core; it steers the choice, never feasibility.
+always. A plain ``cpu_milli`` request is also *bound* to concrete cores when
+it is first reserved (``choose_cores``: least load first, one socket when it
+fits): ``core_bound`` adds up those loads per core. The choice steers
+nothing but itself (never feasibility, never node choice), so a pass
+places without it and the scheduler's in-order reserves bind exactly as
+place + reserve one by one do; binding costs nothing in the pass.
 
 GPUs are devices: ``gpu_free`` holds free milli-GPUs per device (1000 a
 whole device), and ``free[:, gpu_milli]`` is always its row sum. Every GPU
@@ -318,15 +321,15 @@ class Request:
         return self.cpu_milli > 0 and not self.cores and not self.exclusive
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Placement:
     """Where a request's workers go and exactly what was taken from each node.
 
     hosts: (node_index, slots) pairs, best node first (an MPI hostfile's
     ``host slots=N``); use: (m, r) int64; core_use: (m, c) int64 per core;
     gpu_use: (m, G) int64 milli-GPUs per device, None when no GPU is used;
-    bound: per host, the (core, millicores) a plain-cpu request is bound to
-    (``binding.choose_cores``), None when none are (yet) chosen.
+    bound: per host, the (core, millicores) a plain-cpu request is bound to,
+    None until its first ``reserve`` decides them (written once, then fixed).
     """
 
     hosts: tuple[tuple[int, int], ...]
@@ -357,6 +360,8 @@ def reserve(table: NodeTable, request: Request, placement: Placement) -> None:
     Raises ValueError, changing nothing, if it no longer fits (a stale placement).
     """
     rows = _rows(table, request, placement)
+    if placement.bound is None and request.binds_cores:  # decided once, on this table's loads
+        placement.bound = bind_cores(table, request, placement)
     free = table.free[rows] - placement.use
     cores = placement.exclusive or placement.core_use.any()
     core = table.core_free[rows] - placement.core_use if cores else None
@@ -374,7 +379,7 @@ def reserve(table: NodeTable, request: Request, placement: Placement) -> None:
 
 def assume(table: NodeTable, placement: Placement) -> None:
     """Subtract a placement just made on this very table state, in place: Kubernetes'
-    "assume" within one pass (no checks: it fits)."""
+    "assume" within one pass (no checks: it fits; cores are bound by ``reserve`` only)."""
     rows = placement.nodes
     table.free[rows] -= placement.use
     if placement.exclusive or placement.core_use.any():
@@ -403,6 +408,48 @@ def release(table: NodeTable, request: Request, placement: Placement) -> None:
     if gpu is not None:
         table.gpu_free[rows] = gpu
     _add_bound(table, placement, -1)
+
+
+def choose_cores(load: np.ndarray, sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
+    """The (core, millicores) pairs ``milli`` millicores are bound to, by least ``load``.
+
+    load: (c,) int64 per real core of the node (no padding); sockets: the cores
+    split evenly in order. One socket when one has enough cores: the one whose
+    chosen cores carry the least load (ties: lowest socket); within it, and
+    otherwise over all cores, the least loaded (ties: lowest index). Whole
+    cores take 1000 each, the last one the rest.
+    """
+    c = len(load)
+    k = min(-(-milli // 1000), c)
+    if k == 1:
+        chosen = [int(load.argmin())]  # the first least-loaded core
+    else:
+        chosen = None
+        if sockets > 1:
+            best = None
+            for s in range(sockets):
+                lo, hi = s * c // sockets, (s + 1) * c // sockets
+                if hi - lo >= k:
+                    pick = lo + np.argsort(load[lo:hi], kind="stable")[:k]
+                    cost = int(load[pick].sum())
+                    if best is None or cost < best:
+                        best, chosen = cost, pick
+        if chosen is None:
+            chosen = np.argsort(load, kind="stable")[:k]
+        chosen = sorted(chosen.tolist())
+    last = milli - 1000 * (k - 1)
+    return tuple((j, 1000) for j in chosen[:-1]) + ((chosen[-1], last),)
+
+
+def bind_cores(table: NodeTable, request: Request, placement: Placement) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per host, the cores a plain cpu request's workers there are bound to (``choose_cores``
+    over each core's load: bound millicores plus what per-core shares and exclusive tasks take)."""
+    out = []
+    for i, slots in placement.hosts:
+        c = int(table.ncores[i])
+        load = table.core_bound[i, :c] + table.core_total[i, :c] - table.core_free[i, :c]
+        out.append(choose_cores(load, int(table.sockets[i]), request.cpu_milli * slots))
+    return tuple(out)
 
 
 def _add_bound(table: NodeTable, placement: Placement, sign: int) -> None:

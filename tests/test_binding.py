@@ -106,7 +106,7 @@ def test_two_one_cpu_tasks_on_two_cores_get_distinct_cores():
     ([300, 200, 100, 0], 1, 250, ((3, 250),)),
 ])
 def test_choose_cores_least_load_one_socket_when_it_fits(load, sockets, milli, want):
-    assert choose_cores(np.array(load, np.int64), sockets, milli) == want
+    assert choose_cores(load, sockets, milli) == want
 
 
 def test_socket_preference_and_quota_in_the_binding():

@@ -401,8 +401,7 @@ def release(table: NodeTable, request: Request, placement: Placement) -> None:
     if (free > table.total[rows]).any() or (core > table.core_total[rows]).any() or (
             gpu is not None and (gpu > table.gpu_total[rows]).any()):
         raise ValueError(f"release beyond total on nodes {rows.tolist()}")
-    if placement.bound is not None and any(
-            table.core_bound[i, j] < u for (i, _), pairs in zip(placement.hosts, placement.bound) for j, u in pairs):
+    if placement.bound and _bound_short(table, placement):
         raise ValueError(f"release of bound cores beyond their load on nodes {rows.tolist()}")
     table.free[rows], table.core_free[rows] = free, core
     if gpu is not None:
@@ -410,33 +409,33 @@ def release(table: NodeTable, request: Request, placement: Placement) -> None:
     _add_bound(table, placement, -1)
 
 
-def choose_cores(load: np.ndarray, sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
+def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
     """The (core, millicores) pairs ``milli`` millicores are bound to, by least ``load``.
 
-    load: (c,) int64 per real core of the node (no padding); sockets: the cores
-    split evenly in order. One socket when one has enough cores: the one whose
+    load: per real core of the node (no padding); sockets: the cores split
+    evenly in order. One socket when one has enough cores: the one whose
     chosen cores carry the least load (ties: lowest socket); within it, and
     otherwise over all cores, the least loaded (ties: lowest index). Whole
-    cores take 1000 each, the last one the rest.
+    cores take 1000 each, the last one the rest. Plain ints: a node has few
+    cores, and this runs for every reserve.
     """
     c = len(load)
     k = min(-(-milli // 1000), c)
     if k == 1:
-        chosen = [int(load.argmin())]  # the first least-loaded core
-    else:
-        chosen = None
-        if sockets > 1:
-            best = None
-            for s in range(sockets):
-                lo, hi = s * c // sockets, (s + 1) * c // sockets
-                if hi - lo >= k:
-                    pick = lo + np.argsort(load[lo:hi], kind="stable")[:k]
-                    cost = int(load[pick].sum())
-                    if best is None or cost < best:
-                        best, chosen = cost, pick
-        if chosen is None:
-            chosen = np.argsort(load, kind="stable")[:k]
-        chosen = sorted(chosen.tolist())
+        return ((load.index(min(load)), milli),)  # the first least-loaded core
+    chosen = None
+    if sockets > 1:
+        best = None
+        for s in range(sockets):
+            lo, hi = s * c // sockets, (s + 1) * c // sockets
+            if hi - lo >= k:
+                pick = sorted(range(lo, hi), key=load.__getitem__)[:k]  # stable: lowest index on ties
+                cost = sum(load[j] for j in pick)
+                if best is None or cost < best:
+                    best, chosen = cost, pick
+    if chosen is None:
+        chosen = sorted(range(c), key=load.__getitem__)[:k]
+    chosen.sort()
     last = milli - 1000 * (k - 1)
     return tuple((j, 1000) for j in chosen[:-1]) + ((chosen[-1], last),)
 
@@ -445,20 +444,31 @@ def bind_cores(table: NodeTable, request: Request, placement: Placement) -> tupl
     """Per host, the cores a plain cpu request's workers there are bound to (``choose_cores``
     over each core's load: bound millicores plus what per-core shares and exclusive tasks take)."""
     out = []
+    bound, total, free, ncores, sockets = table.core_bound, table.core_total, table.core_free, table.ncores, table.sockets
     for i, slots in placement.hosts:
-        c = int(table.ncores[i])
-        load = table.core_bound[i, :c] + table.core_total[i, :c] - table.core_free[i, :c]
-        out.append(choose_cores(load, int(table.sockets[i]), request.cpu_milli * slots))
+        c = ncores[i]
+        load = (bound[i, :c] + total[i, :c] - free[i, :c]).tolist()
+        out.append(choose_cores(load, int(sockets[i]), request.cpu_milli * slots))
     return tuple(out)
 
 
 def _add_bound(table: NodeTable, placement: Placement, sign: int) -> None:
     """Add (or take off) a placement's bound per-core loads on ``core_bound``."""
-    if placement.bound is not None:
+    if placement.bound:
         bound = table.core_bound
         for (i, _), pairs in zip(placement.hosts, placement.bound):
-            for j, u in pairs:
+            if len(pairs) == 1:  # scalar store: less than a gather for one core
+                j, u = pairs[0]
                 bound[i, j] += sign * u
+            elif pairs:
+                cols, amounts = zip(*pairs)
+                bound[i, list(cols)] += np.array(amounts, np.int64) * sign
+
+
+def _bound_short(table: NodeTable, placement: Placement) -> bool:
+    """Whether some bound core holds less load than the placement would take off."""
+    bound = table.core_bound
+    return any(bound[i, j] < u for (i, _), pairs in zip(placement.hosts, placement.bound) for j, u in pairs)
 
 
 def _rows(table: NodeTable, request: Request, placement: Placement) -> np.ndarray:

@@ -12,7 +12,8 @@ give them (each share of one worker on a different core). A request with
 cores takes ``sum(cores)`` from both, so ``free[:, 0] <= core_free.sum(1)``
 always. A plain ``cpu_milli`` request is also *bound* to concrete cores when
 it is first reserved (``choose_cores``: least load first, one socket when it
-fits): ``core_bound`` adds up those loads per core. The choice steers
+fits): ``core_bound`` adds up per core everything bound there (those
+loads, per-core shares, exclusive tasks' whole cores). The choice steers
 nothing but itself (never feasibility, never node choice), so a pass
 places without it and the scheduler's in-order reserves bind exactly as
 place + reserve one by one do; binding costs nothing in the pass.
@@ -50,7 +51,8 @@ class NodeTable:
     gpu_index: (n, G) int64 each device's own index (``CUDA_VISIBLE_DEVICES``);
     gpu_kind: (n, G) int64 index into ``gpu_kinds`` (-1 padding);
     sockets: (n,) int64, cores split evenly in order; core_bound: (n, c) int64
-    millicores of plain-cpu requests bound to each core. ``total``,
+    millicores bound to each core by reserved placements (plain-cpu bindings,
+    per-core shares, exclusive tasks' whole cores). ``total``,
     ``core_total``, ``gpu_total``, ``gpu_index``, ``gpu_kind``, ``sockets`` and
     ``labels`` are read-only and shared by copies; the rest changes.
     """
@@ -104,6 +106,8 @@ class NodeTable:
         self.no_core_use = np.zeros((1, self.core_total.shape[1]), np.int64)  # shared, read-only
         self.no_core_use.flags.writeable = False
         self.ncores = np.count_nonzero(self.core_total, axis=1)  # (n,) cores each node has
+        self.ncores_list = self.ncores.tolist()  # the same as ints, for per-row slices
+        self.sockets_list = self.sockets.tolist()
 
     @classmethod
     def from_specs(cls, specs: Iterable[Mapping[str, Any] | Any]) -> NodeTable:
@@ -372,6 +376,7 @@ def reserve(table: NodeTable, request: Request, placement: Placement) -> None:
     table.free[rows] = free
     if cores:
         table.core_free[rows] = core
+        table.core_bound[rows] += placement.core_use
     if gpu is not None:
         table.gpu_free[rows] = gpu
     _add_bound(table, placement, 1)
@@ -379,14 +384,13 @@ def reserve(table: NodeTable, request: Request, placement: Placement) -> None:
 
 def assume(table: NodeTable, placement: Placement) -> None:
     """Subtract a placement just made on this very table state, in place: Kubernetes'
-    "assume" within one pass (no checks: it fits; cores are bound by ``reserve`` only)."""
+    "assume" within one pass (no checks: it fits; ``core_bound`` is kept by ``reserve`` only)."""
     rows = placement.nodes
     table.free[rows] -= placement.use
     if placement.exclusive or placement.core_use.any():
         table.core_free[rows] -= placement.core_use
     if placement.gpu_use is not None:
         table.gpu_free[rows] -= placement.gpu_use
-    _add_bound(table, placement, 1)
 
 
 def release(table: NodeTable, request: Request, placement: Placement) -> None:
@@ -401,9 +405,13 @@ def release(table: NodeTable, request: Request, placement: Placement) -> None:
     if (free > table.total[rows]).any() or (core > table.core_total[rows]).any() or (
             gpu is not None and (gpu > table.gpu_total[rows]).any()):
         raise ValueError(f"release beyond total on nodes {rows.tolist()}")
-    if placement.bound and _bound_short(table, placement):
+    shares = placement.exclusive or placement.core_use.any()
+    if placement.bound and _bound_short(table, placement) or shares and (
+            table.core_bound[rows] < placement.core_use).any():
         raise ValueError(f"release of bound cores beyond their load on nodes {rows.tolist()}")
     table.free[rows], table.core_free[rows] = free, core
+    if shares:
+        table.core_bound[rows] -= placement.core_use
     if gpu is not None:
         table.gpu_free[rows] = gpu
     _add_bound(table, placement, -1)
@@ -421,8 +429,12 @@ def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, 
     """
     c = len(load)
     k = min(-(-milli // 1000), c)
+    least = min(load)
     if k == 1:
-        return ((load.index(min(load)), milli),)  # the first least-loaded core
+        return ((load.index(least), milli),)  # the first least-loaded core
+    last = milli - 1000 * (k - 1)
+    if least == max(load):  # all alike (an idle node): the first k, in socket 0 when it holds them
+        return tuple([(j, 1000) for j in range(k - 1)] + [(k - 1, last)])
     chosen = None
     if sockets > 1:
         best = None
@@ -436,19 +448,18 @@ def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, 
     if chosen is None:
         chosen = sorted(range(c), key=load.__getitem__)[:k]
     chosen.sort()
-    last = milli - 1000 * (k - 1)
-    return tuple((j, 1000) for j in chosen[:-1]) + ((chosen[-1], last),)
+    pairs = [(j, 1000) for j in chosen]
+    pairs[-1] = (chosen[-1], last)
+    return tuple(pairs)
 
 
 def bind_cores(table: NodeTable, request: Request, placement: Placement) -> tuple[tuple[tuple[int, int], ...], ...]:
     """Per host, the cores a plain cpu request's workers there are bound to (``choose_cores``
-    over each core's load: bound millicores plus what per-core shares and exclusive tasks take)."""
+    over ``core_bound``: what reserved placements bound to each core)."""
     out = []
-    bound, total, free, ncores, sockets = table.core_bound, table.core_total, table.core_free, table.ncores, table.sockets
+    bound, ncores, sockets, milli = table.core_bound, table.ncores_list, table.sockets_list, request.cpu_milli
     for i, slots in placement.hosts:
-        c = ncores[i]
-        load = (bound[i, :c] + total[i, :c] - free[i, :c]).tolist()
-        out.append(choose_cores(load, int(sockets[i]), request.cpu_milli * slots))
+        out.append(choose_cores(bound[i, : ncores[i]].tolist(), sockets[i], milli * slots))
     return tuple(out)
 
 
@@ -457,12 +468,9 @@ def _add_bound(table: NodeTable, placement: Placement, sign: int) -> None:
     if placement.bound:
         bound = table.core_bound
         for (i, _), pairs in zip(placement.hosts, placement.bound):
-            if len(pairs) == 1:  # scalar store: less than a gather for one core
-                j, u = pairs[0]
-                bound[i, j] += sign * u
-            elif pairs:
-                cols, amounts = zip(*pairs)
-                bound[i, list(cols)] += np.array(amounts, np.int64) * sign
+            row = bound[i]  # scalar stores on a row view: a node binds few cores
+            for j, u in pairs:
+                row[j] += sign * u
 
 
 def _bound_short(table: NodeTable, placement: Placement) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from oaasd.config import NodeConfig, Settings, parse_nvidia_smi
 from oaasd.core import placement as pl
 from oaasd.core.placement import Placement, Refusal, Request
-from oaasd.core.placement.table import choose_cores
+from oaasd.core.placement.cores import choose_cores
 from oaasd.models import TaskSpec
 from oaasd.ports import Binding
 from oaasd.service.cluster import Cluster

@@ -2,15 +2,16 @@
 
 Pure numpy over a struct of arrays, one row per node; no I/O, no asyncio. The
 daemon, the trace simulator and the benchmarks call the same stages, one
-module each, every import pointing down this list:
+module each, each importing only those above it in this list:
 
+    cores    per-core (and per-GPU-device) packing of equal or unequal shares,
+             each share of a worker on its own core, shared by check and choice;
+             choose_cores: the cores a plain cpu request is bound to
     table    NodeTable (struct of arrays), Request, Placement; reserve / release
              subtract / add back in place, bit for bit; reserve binds the cores
              of a plain cpu request (least load, one socket when it fits)
     binding  what each node of a placement enforces (cores, quota, memory, GPU
              devices, socket); records by node name
-    cores    per-core (and per-GPU-device) packing of equal or unequal shares,
-             each share of a worker on its own core; shared by check and choice
     checks   (table, request) -> (n,) bool, nodes that FAIL, one per reason;
              a Refusal counts them (a "no" is data)
     scoring  (table, request) -> (n,) float in [0, 1]: least / most allocated,

@@ -125,6 +125,34 @@ def gpus_fit(table: NodeTable, request: Request, rows: np.ndarray) -> np.ndarray
     return np.count_nonzero(devices(table, request, rows) >= share, axis=1) >= p
 
 
+def device_row(table: NodeTable, request: Request, i: int) -> list[int]:
+    """Row i's free milli-GPUs per device the request may use, as Python ints."""
+    free = table.gpu_free[i].tolist()
+    if request.gpu_type is None:
+        return free
+    code = gpu_kind_code(table, request)
+    return [f if k == code else 0 for f, k in zip(free, table.gpu_kind[i].tolist())]
+
+
+def could_hold(table: NodeTable, request: Request) -> np.ndarray | None:
+    """Nodes with enough cores (one per share) and devices (of the type, one per whole GPU)
+    ever to hold one worker: (n,) bool, read-only, cached (totals never change); None
+    for a request with neither per-core shares nor GPUs. A node outside it fails
+    ``fine_fit`` whatever is free, so rankers may drop it first."""
+    if not (request.cores or request.gpu_milli):
+        return None
+    key = ("hold", len(request.cores), request.gpu_type, request.gpu_shares[1] if request.gpu_milli else 0)
+    hit = table.static_rows_cache.get(key)
+    if hit is None:
+        hit = table.ncores >= len(request.cores)
+        if request.gpu_milli:
+            typed = table.gpu_total > 0 if request.gpu_type is None else table.gpu_kind == gpu_kind_code(table, request)
+            hit &= np.count_nonzero(typed, axis=1) >= request.gpu_shares[1]
+        hit.flags.writeable = False
+        table.static_rows_cache[key] = hit
+    return hit
+
+
 def fine_fit(table: NodeTable, request: Request, rows: np.ndarray) -> np.ndarray:
     """Rows passing the per-core and per-device checks (the column checks assumed): (m,) bool."""
     ok = cores_fit(table.core_free[rows], request.shares) if request.cores else np.ones(len(rows), bool)

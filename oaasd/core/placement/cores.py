@@ -17,6 +17,9 @@ workers of p shares of s fit when ``sum_j min(free_j // s, w) >= p * w``
 core first, ``min(free_j // s, w)`` shares of each core until p * w are
 placed. The largest such w is what fits; a multiset of p * w shares with
 at most w on each core always splits into w workers of p distinct cores.
+
+``choose_cores`` is the other per-core choice: which cores a plain cpu
+request is bound to, by least load (``table.reserve`` calls it).
 """
 
 from __future__ import annotations
@@ -144,3 +147,39 @@ def cores_fit(core_free: np.ndarray, shares: np.ndarray) -> np.ndarray:
         packed, _ = pack_cores(core_free[unsure], shares, np.ones(unsure.size, np.int64))
         fits[unsure] = packed == 1
     return fits
+
+
+def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
+    """The (core, millicores) pairs ``milli`` millicores are bound to, by least ``load``.
+
+    load: per real core of the node (no padding); sockets: the cores split
+    evenly in order. One socket when one has enough cores: the one whose
+    chosen cores carry the least load (ties: lowest socket); within it, and
+    otherwise over all cores, the least loaded (ties: lowest index). Whole
+    cores take 1000 each, the last one the rest. Plain ints: a node has few
+    cores, and this runs for every reserve.
+    """
+    c = len(load)
+    k = min(-(-milli // 1000), c)
+    least = min(load)
+    if k == 1:
+        return ((load.index(least), milli),)  # the first least-loaded core
+    last = milli - 1000 * (k - 1)
+    if least == max(load):  # all alike (an idle node): the first k, in socket 0 when it holds them
+        return tuple([(j, 1000) for j in range(k - 1)] + [(k - 1, last)])
+    chosen = None
+    if sockets > 1:
+        best = None
+        for s in range(sockets):
+            lo, hi = s * c // sockets, (s + 1) * c // sockets
+            if hi - lo >= k:
+                pick = sorted(range(lo, hi), key=load.__getitem__)[:k]  # stable: lowest index on ties
+                cost = sum(load[j] for j in pick)
+                if best is None or cost < best:
+                    best, chosen = cost, pick
+    if chosen is None:
+        chosen = sorted(range(c), key=load.__getitem__)[:k]
+    chosen.sort()
+    pairs = [(j, 1000) for j in chosen]
+    pairs[-1] = (chosen[-1], last)
+    return tuple(pairs)

@@ -33,10 +33,15 @@ What it saves, per request:
   general dealers skipped where their answer is known (k rows for a spread
   gang: one worker each; a packed gang: all rows full but the last).
 
-Exclusive requests, gangs of more than 8, per-core shares of different sizes,
-requests asking for GPUs (their devices are packed by ``place``) and
-requests whose best rows mostly fail the per-core check go through
-``place`` itself on the same working copy.
+- GPU devices the same way as equal per-core shares (``workers_fit_gpus``,
+  ``take_gpus``): whole GPUs are equal shares of 1000 on distinct devices,
+  a fraction one share of one device;
+- rows with too few cores or devices ever to hold one worker
+  (``checks.could_hold``, cached) are masked out first, as ``place`` does.
+
+Exclusive requests, gangs of more than 8, per-core shares of different sizes
+and requests whose best rows mostly fail the per-core or per-device check go
+through ``place`` itself on the same working copy.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from oaasd.core.placement.checks import Refusal, label_match, refuse
+from oaasd.core.placement.checks import Refusal, could_hold, label_match, refuse
 from oaasd.core.placement.cores import equal_fit_row, pack_equal_row
 from oaasd.core.placement.scoring import (
     BUILTIN,
@@ -100,6 +105,7 @@ class _Pass:
         self.cols = [work.free[:, r] for r in range(work.free.shape[1])]  # views: contiguous columns
         self.rows_of = work.free.tolist()  # free as Python ints, row by row, kept in step
         self.cores_of: dict[int, list[int]] = {}  # core_free rows as Python ints, made on demand
+        self.gpus_of: dict[int, tuple] = {}  # gpu_free rows, device kinds and fits, made on demand
         self.static: dict[tuple, np.ndarray] = {}  # label set -> schedulable & labels match
         self.zeros: dict[int, np.ndarray] = {}  # rows -> read-only zero core use (no_cores)
         self.sign = _KEYED.get(fit)
@@ -115,6 +121,7 @@ class _Pass:
         (which ``place`` changed): subtract the difference."""
         for i in rows:
             self.cores_of.pop(i, None)
+            self.gpus_of.pop(i, None)
             self.subtract(i, [a - b for a, b in zip(self.rows_of[i], self.free[i].tolist())])
 
     def subtract(self, i: int, use: list[int]) -> None:
@@ -148,10 +155,39 @@ class _Pass:
             n = known[share, p, k] = equal_fit_row(row, share, p, k)
         return n
 
+    def workers_fit_gpus(self, i: int, req: Request, k: int) -> int:
+        """How many workers (at most k) of ``req``'s GPUs row i's devices (of its type) take."""
+        hit = self.gpus_of.get(i)
+        if hit is None:
+            hit = self.gpus_of[i] = (self.work.gpu_free[i].tolist(), self.work.gpu_kind[i].tolist(), {})
+        share, p = req.gpu_shares
+        key = (share, p, k, req.gpu_type)
+        n = hit[2].get(key)
+        if n is None:
+            n = hit[2][key] = equal_fit_row(self.devices(i, req), share, p, k)
+        return n
+
+    def devices(self, i: int, req: Request) -> list[int]:
+        """Row i's free milli-GPUs per device of ``req``'s type (``checks.device_row``)."""
+        free, kinds, _ = self.gpus_of.get(i) or (self.work.gpu_free[i].tolist(), self.work.gpu_kind[i].tolist(), 0)
+        if req.gpu_type is None:
+            return free
+        code = self.work.gpu_kinds.index(req.gpu_type) if req.gpu_type in self.work.gpu_kinds else -2
+        return [f if kd == code else 0 for f, kd in zip(free, kinds)]
+
+    def take_gpus(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
+        """Pack ``take`` workers' GPUs on each row's devices and subtract them: (m, G) int64."""
+        share, p = req.gpu_shares
+        gpu_use = np.array([pack_equal_row(self.devices(i, req), share, p, t) for i, t in zip(rows, take)], np.int64)
+        for i, u in zip(rows, gpu_use):
+            self.work.gpu_free[i] -= u
+            self.gpus_of.pop(i, None)
+        return gpu_use
+
     def place(self, req: Request) -> Placement | Refusal:
         """Place one request: here, or through ``place`` for what the loop does not specialise
         (exclusive, more than 8 workers, per-core shares of different sizes)."""
-        if req.exclusive or req.workers > 8 or req.gpu_milli or (req.cores and req.shares[0] != req.shares[-1]):
+        if req.exclusive or req.workers > 8 or (req.cores and req.shares[0] != req.shares[-1]):
             return self.fallback(req)
         self.held: dict[int, int] = {}  # row -> workers of this request it holds
         base = self.static.get(req.label_key)
@@ -163,6 +199,8 @@ class _Pass:
                 ok = self.cols[r] >= x
             else:
                 ok &= self.cols[r] >= x
+        if req.cores or req.gpu_milli:
+            ok &= could_hold(self.work, req)
         if self.sign is not None:  # the common case, in the fewest calls
             if req.labels:
                 ok &= base
@@ -171,7 +209,7 @@ class _Pass:
         best = self.select(req, ok)
         if best is None:  # too many rows failed the per-core check: as place does it
             return self.fallback(req)
-        if best and req.workers == 1 and not req.cores:
+        if best and req.workers == 1 and not (req.cores or req.gpu_milli):
             return self.take_one(req, best[0])
         return self.take_gang(req, best) if best else self.refuse(req, 0)
 
@@ -187,6 +225,7 @@ class _Pass:
         best, keys, cap = [], [], []
         held, packed, refused = 0, not req.spread, 0
         share, p = (int(req.shares[0]), len(req.shares)) if req.cores else (0, 0)
+        gpus = req.gpu_milli
         while len(best) < k:
             i = int(argmin())
             v = float(masked[i])
@@ -196,6 +235,14 @@ class _Pass:
             row, c = rows_of[i], k
             if share:  # as ``select.pick`` with ``fits``: past 4k + 16 refused rows, place answers
                 q = self.workers_fit(i, share, p, k)
+                if not q:
+                    refused += 1
+                    if refused > 4 * k + 16:
+                        return self.fallback(req)
+                    continue
+                c = min(c, q)
+            if gpus:
+                q = self.workers_fit_gpus(i, req, k)
                 if not q:
                     refused += 1
                     if refused > 4 * k + 16:
@@ -221,7 +268,7 @@ class _Pass:
                 best, cap = ranked, [self.holds(req, i) for i in ranked]
                 if packed and len(best) < k and sum(cap) < k:
                     return self.fallback(req)  # re-ranking a short prefix left it too small: rare
-        if k == 1 and not share:
+        if k == 1 and not (share or gpus):
             return self.take_one(req, best[0])
         return self.deal(req, best, cap)
 
@@ -245,9 +292,10 @@ class _Pass:
         d0, d1, d2 = req.demand_list
         use = [[t * d0, t * d1, t * d2] for t in take]
         core_use = self.take_cores(req, rows, take) if req.cores else self.no_cores(m)
+        gpu_use = self.take_gpus(req, rows, take) if req.gpu_milli else None
         for i, u in zip(rows, use):
             self.subtract(i, u)
-        return Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False)
+        return Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False, gpu_use)
 
     def take_cores(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
         """Pack ``take`` workers' equal shares on each row's cores and subtract them: (m, c) int64."""
@@ -267,11 +315,15 @@ class _Pass:
         return result
 
     def fits(self, req: Request) -> Callable[[int], bool] | None:
-        """Whether one worker's equal per-core shares fit row i (``cores_fit``), or None."""
-        if not req.cores:
+        """Whether one worker's equal per-core shares and GPUs fit row i (``fine_fit``), or None."""
+        if not (req.cores or req.gpu_milli):
             return None
+        if not req.cores:
+            return lambda i: self.workers_fit_gpus(i, req, 1) >= 1
         share, p = int(req.shares[0]), len(req.shares)
-        return lambda i: self.workers_fit(i, share, p, 1) >= 1
+        if not req.gpu_milli:
+            return lambda i: self.workers_fit(i, share, p, 1) >= 1
+        return lambda i: self.workers_fit(i, share, p, 1) >= 1 and self.workers_fit_gpus(i, req, 1) >= 1
 
     def select(self, req: Request, ok: np.ndarray) -> list[int] | None:
         """The best min(k, m) rows with room, best first, exactly as ``place`` ranks them,
@@ -304,6 +356,8 @@ class _Pass:
                 c = min(c, row[r] // x)
             if req.cores:
                 c = min(c, self.workers_fit(i, int(req.shares[0]), len(req.shares), req.workers))
+            if req.gpu_milli:
+                c = min(c, self.workers_fit_gpus(i, req, req.workers))
             self.held[i] = c
         return c
 

@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from oaasd.core.placement.checks import Refusal, Shortfall, candidates, devices, fine_fit, passing, refuse
-from oaasd.core.placement.cores import equal_fit, pack_cores, pack_equal
+from oaasd.core.placement.checks import (
+    Refusal,
+    Shortfall,
+    candidates,
+    could_hold,
+    device_row,
+    fine_fit,
+    passing,
+    refuse,
+)
+from oaasd.core.placement.cores import equal_fit_row, pack_cores, pack_equal_row
 from oaasd.core.placement.scoring import score_rows, scorer
 from oaasd.core.placement.table import NodeTable, Placement, Request
 
@@ -159,6 +168,9 @@ def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.n
     """
     if not (request.cores or request.gpu_milli):
         return rank(cand, score, k)
+    hold = could_hold(table, request).take(cand)  # too few cores or devices ever: out first
+    if not hold.all():
+        cand, score = cand.compress(hold), score.compress(hold)
     top = rank(cand, score, min(len(cand), 4 * k + 16))
     fit = fine_fit(table, request, top)
     if fit.sum() >= k or len(top) == len(cand):
@@ -174,7 +186,7 @@ def _capacity(table: NodeTable, request: Request, rows: np.ndarray,
     cap = [min([k] + [f[r] // amount for r, amount in request.asked]) for f in table.free[rows].tolist()]
     if request.gpu_milli:
         share, p = request.gpu_shares
-        cap = equal_fit(devices(table, request, rows) // share, p, np.array(cap, np.int64)).tolist()
+        cap = [equal_fit_row(device_row(table, request, i), share, p, c) for i, c in zip(rows.tolist(), cap)]
     if request.cores:
         packed, core_use = pack_cores(table.core_free[rows], request.shares, np.array(cap, np.int64))
         return packed.tolist(), core_use
@@ -197,9 +209,10 @@ def build_placement(table: NodeTable, request: Request, rows: np.ndarray, slots:
             _, core_use = pack_cores(table.core_free[rows], request.shares, slots)
         elif core_use is None:
             core_use = np.zeros((len(rows), table.core_free.shape[1]), np.int64)
-        if request.gpu_milli:
+        if request.gpu_milli:  # a few rows: the one-row packing on plain ints
             share, p = request.gpu_shares
-            _, gpu_use = pack_equal(devices(table, request, rows), share, p, slots)
+            gpu_use = np.array([pack_equal_row(device_row(table, request, i), share, p, t)
+                                for i, t in zip(rows.tolist(), slots.tolist())], np.int64)
     return Placement(tuple(zip(rows.tolist(), slots.tolist())), use, core_use, request.exclusive, gpu_use)
 
 

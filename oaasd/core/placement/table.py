@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from oaasd.core.placement.cores import choose_cores
+
 RESOURCES = ("cpu_milli", "memory_mb", "gpu_milli")
 GPU_MILLI = 1000  # one whole device
 CPU, MEMORY, GPUS = 0, 1, 2
@@ -415,42 +417,6 @@ def release(table: NodeTable, request: Request, placement: Placement) -> None:
     if gpu is not None:
         table.gpu_free[rows] = gpu
     _add_bound(table, placement, -1)
-
-
-def choose_cores(load: list[int], sockets: int, milli: int) -> tuple[tuple[int, int], ...]:
-    """The (core, millicores) pairs ``milli`` millicores are bound to, by least ``load``.
-
-    load: per real core of the node (no padding); sockets: the cores split
-    evenly in order. One socket when one has enough cores: the one whose
-    chosen cores carry the least load (ties: lowest socket); within it, and
-    otherwise over all cores, the least loaded (ties: lowest index). Whole
-    cores take 1000 each, the last one the rest. Plain ints: a node has few
-    cores, and this runs for every reserve.
-    """
-    c = len(load)
-    k = min(-(-milli // 1000), c)
-    least = min(load)
-    if k == 1:
-        return ((load.index(least), milli),)  # the first least-loaded core
-    last = milli - 1000 * (k - 1)
-    if least == max(load):  # all alike (an idle node): the first k, in socket 0 when it holds them
-        return tuple([(j, 1000) for j in range(k - 1)] + [(k - 1, last)])
-    chosen = None
-    if sockets > 1:
-        best = None
-        for s in range(sockets):
-            lo, hi = s * c // sockets, (s + 1) * c // sockets
-            if hi - lo >= k:
-                pick = sorted(range(lo, hi), key=load.__getitem__)[:k]  # stable: lowest index on ties
-                cost = sum(load[j] for j in pick)
-                if best is None or cost < best:
-                    best, chosen = cost, pick
-    if chosen is None:
-        chosen = sorted(range(c), key=load.__getitem__)[:k]
-    chosen.sort()
-    pairs = [(j, 1000) for j in chosen]
-    pairs[-1] = (chosen[-1], last)
-    return tuple(pairs)
 
 
 def bind_cores(table: NodeTable, request: Request, placement: Placement) -> tuple[tuple[tuple[int, int], ...], ...]:

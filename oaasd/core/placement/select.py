@@ -168,6 +168,8 @@ def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.n
     """
     if not (request.cores or request.gpu_milli):
         return rank(cand, score, k)
+    if k == 1 and not request.exclusive and (not request.cores or request.shares[0] == request.shares[-1]):
+        return _first_fitting(table, request, cand, score)
     hold = could_hold(table, request).take(cand)  # too few cores or devices ever: out first
     if not hold.all():
         cand, score = cand.compress(hold), score.compress(hold)
@@ -177,6 +179,26 @@ def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.n
         return top[fit][:k]
     keep = fine_fit(table, request, cand)
     return rank(cand[keep], score[keep], k)
+
+
+def _first_fitting(table: NodeTable, request: Request, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """For one worker: the best row of ``cand`` whose cores and devices take it, by
+    repeated argmax (the first maximum: ties by node order), each row checked on plain
+    ints: what ``_best_rows`` answers, without checking rows it does not reach."""
+    left = score.copy()
+    share, p = (int(request.shares[0]), len(request.shares)) if request.cores else (0, 0)
+    for _ in range(len(cand)):
+        j = int(left.argmax())
+        if left[j] == -np.inf:
+            break
+        left[j] = -np.inf
+        i = int(cand[j])
+        if share and sum(c >= share for c in table.core_free[i].tolist()) < p:
+            continue
+        if request.gpu_milli and not equal_fit_row(device_row(table, request, i), *request.gpu_shares, 1):
+            continue
+        return cand[j:j + 1]
+    return cand[:0]
 
 
 def _capacity(table: NodeTable, request: Request, rows: np.ndarray,
@@ -201,8 +223,10 @@ def build_placement(table: NodeTable, request: Request, rows: np.ndarray, slots:
     if request.exclusive:  # the whole node, whatever the workers use
         use, core_use = table.total[rows], table.core_total[rows]
         gpu_use = table.gpu_total[rows] if use[:, 2].any() else None
-    elif len(rows) == 1 and slots[0] == 1 and not (request.cores or request.gpu_milli):  # the common case
+    elif len(rows) == 1 and slots[0] == 1 and not request.cores:  # the common case, no copies
         use, core_use = request.demand_row, table.no_core_use
+        if request.gpu_milli:
+            gpu_use = np.array([pack_equal_row(device_row(table, request, int(rows[0])), *request.gpu_shares, 1)])
     else:
         use = slots[:, None] * request.demand
         if core_use is None and request.cores:

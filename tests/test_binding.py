@@ -301,3 +301,16 @@ def test_node_view_lists_devices_and_a_task_sees_its_binding(gpu_daemon):
                                               "resources": {"cpus": 0.5, "gpus": 0.25, "gpu_type": "a100"}}))
     binding = view["attempts"][0]["binding"]
     assert binding == {"n1": {"cores": [0], "cpu_quota": 0.5, "memory_mb": 0, "gpus": [0], "socket": 0}}
+
+
+def test_local_nodes_discover_gpus_from_nvidia_smi_when_none_are_given(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 81559'\necho '1, NVIDIA H100 80GB HBM3, 81559'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    found = NodeConfig(name="l", cpus=2, memory_mb=100)
+    assert [(d.index, d.type, d.memory_mb) for d in found.devices] == [(0, "h100", 81559), (1, "h100", 81559)]
+    assert NodeConfig(name="l", cpus=2, memory_mb=100, gpus=0).devices == []  # given: not discovered
+    assert NodeConfig(name="r", launcher="ssh", cpus=2, memory_mb=100).devices == []  # the head is not that node
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    assert NodeConfig(name="l", cpus=2, memory_mb=100).devices == []

@@ -57,7 +57,9 @@ def make_cluster(n: int, seed: int = 0, preload: float = 0.2, drained: float = 0
         table.core_free[i, :pinned] = 0
         table.free[i, 0] -= pinned * 1000 + loose
         table.free[i, 1] -= int(rng.integers(0, table.total[i, 1] * 3 // 4 + 1))
-        table.free[i, 2] -= int(rng.integers(0, table.total[i, 2] + 1))
+        busy = int(rng.integers(0, table.total[i, 2] // 1000 + 1))  # whole devices in use
+        table.gpu_free[i, :busy] = 0
+        table.free[i, 2] -= busy * 1000
     return table
 
 
@@ -74,7 +76,7 @@ def make_queue(m: int, seed: int = 1, max_workers: int = 8, arm: float = 0.0) ->
             kind, labels = 1.0, ({"arch": "arm"} if rng.random() < arm else {})
         out.append(pl.Request(
             cpu_milli=cpus * 1000, memory_mb=cpus * int(rng.choice([1000, 2000, 4000])),
-            gpus=int(rng.choice([1, 2])) if kind < 0.1 else 0,
+            gpu_milli=1000 * int(rng.choice([1, 2])) if kind < 0.1 else 0,
             cores=(500,) * (2 * cpus) if 0.1 <= kind < 0.2 else (),
             workers=int(rng.integers(1, max_workers + 1)), labels=labels,
             spread=bool(rng.random() < 0.2)))
@@ -84,7 +86,7 @@ def make_queue(m: int, seed: int = 1, max_workers: int = 8, arm: float = 0.0) ->
 DECISIONS = {
     "2 cpu, 4 GB": pl.Request(cpu_milli=2000, memory_mb=4000),
     "gang 8 x (4 cpu, 8 GB)": pl.Request(cpu_milli=4000, memory_mb=8000, workers=8),
-    "1 GPU, zone=b": pl.Request(cpu_milli=4000, memory_mb=16000, gpus=1, labels={"zone": "b"}),
+    "1 GPU, zone=b": pl.Request(cpu_milli=4000, memory_mb=16000, gpu_milli=1000, labels={"zone": "b"}),
     "cores 4 x 500": pl.Request(cores=(500, 500, 500, 500), memory_mb=2000),
 }
 
@@ -100,18 +102,19 @@ def python_nodes(table: pl.NodeTable) -> list[tuple]:
 
 
 def python_pack(cores: list[int], shares: list[int], limit: int) -> int:
-    """Workers of ``shares`` that fit on ``cores``, best-fit decreasing, at most limit."""
+    """Workers of ``shares`` that fit on ``cores``, best-fit decreasing on distinct cores, at most limit."""
     rem = list(cores)
     for w in range(limit):
-        trial = list(rem)
+        trial, used = list(rem), set()
         for s in shares:
             best = None
             for j, f in enumerate(trial):
-                if f >= s and (best is None or f < trial[best]):
+                if f >= s and j not in used and (best is None or f < trial[best]):
                     best = j
             if best is None:
                 return w
             trial[best] -= s
+            used.add(best)  # each share of a worker on its own core
         rem = trial
     return limit
 
@@ -119,7 +122,7 @@ def python_pack(cores: list[int], shares: list[int], limit: int) -> int:
 def python_place(nodes: list[tuple], request: pl.Request, cap_max: list[int]) -> list[tuple[int, int]] | None:
     """The same filter / best-fit score / pack select as ``pl.place``, one node at a time."""
     want = {f"{k}={v}" for k, v in request.labels.items()}
-    d = [request.cpu_milli, request.memory_mb, request.gpus]
+    d = [request.cpu_milli, request.memory_mb, request.gpu_milli]
     shares = sorted(request.cores, reverse=True)
     weights = [1.0 if c > 0 else 0.0 for c in cap_max]
     wsum = sum(weights)

@@ -6,7 +6,10 @@ import ipaddress
 import os
 import pwd
 import re
+import shutil
+import subprocess
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -95,6 +98,65 @@ class SchedulerConfig(Section):
     max_pass: int = Field(1000, ge=1, description="pending tasks examined per scheduling pass")
 
 
+class GpuDevice(Section):
+    """One GPU device of a node: its index (what ``CUDA_VISIBLE_DEVICES`` names), type and memory."""
+
+    index: int = Field(ge=0, le=1 << 16)
+    type: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$", description="e.g. a100; matched by gpu_type")
+    memory_mb: int = Field(0, ge=0, le=1 << 30)
+
+
+VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro", "amd", "radeon", "instinct"}
+
+
+def gpu_type_of(name: str) -> str:
+    """A short GPU type from a device name: vendor words dropped, words up to the first with
+    a digit joined (``NVIDIA A100-SXM4-40GB`` -> ``a100``, ``GeForce RTX 3090`` -> ``rtx3090``)."""
+    words = [w for w in re.split(r"[\s\-_]+", name.lower()) if w and w not in VENDOR_WORDS]
+    out = []
+    for w in words:
+        out.append(re.sub(r"[^a-z0-9.]", "", w))
+        if any(c.isdigit() for c in w):
+            break
+    return "".join(out)[:64]
+
+
+def parse_nvidia_smi(csv_text: str) -> list[GpuDevice]:
+    """Devices from ``nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader,nounits``.
+
+    Lines that do not parse (a header, a warning) are skipped; memory is MiB.
+    """
+    out = []
+    for line in csv_text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        memory = parts[2].split()[0] if parts[2] else "0"
+        out.append(GpuDevice(index=int(parts[0]), type=gpu_type_of(parts[1]),
+                             memory_mb=int(memory) if memory.isdigit() else 0))
+    return out
+
+
+NVIDIA_SMI_QUERY = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+
+
+def discover_local_gpus(cfg: "NodeConfig") -> list[GpuDevice] | None:
+    """The GPUs of a local node from the head's ``nvidia-smi``; None where there is none or it fails."""
+    smi = shutil.which("nvidia-smi")
+    if cfg.launcher != "local" or smi is None:
+        return None
+    try:
+        done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else None
+
+
+# Fills a node's devices when its config gives no ``gpus`` (start and reload load the config
+# again); a launcher that can ask a remote node may set another function here.
+GPU_DISCOVERY: list[Callable[["NodeConfig"], list[GpuDevice] | None]] = [discover_local_gpus]
+
+
 class NodeConfig(Section):
     """``[[nodes]]``: one node of the cluster."""
 
@@ -108,7 +170,9 @@ class NodeConfig(Section):
     sockets: int | None = Field(None, ge=1, le=1024)
     cores_per_socket: int | None = Field(None, ge=1, le=4096)
     memory_mb: int | None = Field(None, ge=0, le=1 << 40)
-    gpus: int = Field(0, ge=0, le=1 << 16)
+    gpus: int | list[GpuDevice] | None = Field(
+        None, description="a count (devices 0..N-1) or a list of devices; unset: discovered (nvidia-smi) or 0")
+    gpu_vendor: Literal["nvidia", "amd"] = Field("nvidia", description="which variable names the devices a task sees")
     labels: dict[str, str] = Field(default_factory=dict)
     core_capacity: list[Annotated[int, Field(gt=0, le=1_000_000)]] | None = Field(
         None, min_length=1, max_length=1 << 16, description="millicores per core")
@@ -127,7 +191,27 @@ class NodeConfig(Section):
             self.memory_mb = psutil.virtual_memory().total // (1 << 20) if self.launcher == "local" else 1024
         if self.core_capacity and round(self.cpus * 1000) != sum(self.core_capacity):
             raise ValueError(f"cpus = {self.cpus:g} but core_capacity sums to {sum(self.core_capacity)} millicores")
+        cores = len(self.core_capacity) if self.core_capacity else -(-round(self.cpus * 1000) // 1000)
+        if self.sockets and self.sockets > cores:
+            raise ValueError(f"sockets = {self.sockets} but the node has {cores} core(s)")
+        if isinstance(self.gpus, int) and not 0 <= self.gpus <= 1 << 16:
+            raise ValueError("gpus must be a count in 0..65536 or a list of devices")
+        if isinstance(self.gpus, list) and len({d.index for d in self.gpus}) != len(self.gpus):
+            raise ValueError("gpus: device indices must be distinct")
+        if self.gpus is None:
+            for discover in GPU_DISCOVERY:
+                found = discover(self)
+                if found is not None:
+                    self.gpus = found
+                    break
         return self
+
+    @property
+    def devices(self) -> list[GpuDevice]:
+        """The node's GPU devices (a count gives devices 0..N-1 of type "")."""
+        if isinstance(self.gpus, list):
+            return self.gpus
+        return [GpuDevice(index=d) for d in range(self.gpus or 0)]
 
 
 class SshConfig(Section):

@@ -54,14 +54,31 @@ class Resources(Strict):
 
     cpus: float = Field(1.0, ge=0.001, le=100_000, description="cores per worker, fractional allowed")
     memory_mb: int = Field(0, ge=0, le=1 << 40)
-    gpus: int = Field(0, ge=0, le=1024)
+    gpus: float = Field(0, ge=0, le=1024, description="whole GPUs (distinct devices) or a share below 1 of one device")
+    gpu_type: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                 description="only devices of this type (as the nodes declare it)")
     cores: list[Annotated[int, Field(gt=0, le=1_000_000)]] | None = Field(
-        None, max_length=4096, description="per-process CPU shares in millicores, each on one core")
+        None, max_length=4096, description="per-process CPU shares in millicores, each on its own core")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus = {v:g}: a fraction of a GPU must be below 1 (a share of one device); "
+                             "above 1 ask for whole GPUs")
+        if 0 < v < 1 and (v < 0.001 or abs(v * 1000 - round(v * 1000)) > 1e-6):
+            raise ValueError(f"gpus = {v:g}: a share of a GPU is counted in thousandths (0.001 .. 0.999)")
+        return v
 
     @property
     def cpu_milli(self) -> int:
         """CPU request in millicores; per-process ``cores`` shares, when given, decide it."""
         return sum(self.cores) if self.cores else round(self.cpus * 1000)
+
+    @property
+    def gpu_milli(self) -> int:
+        """GPU request in milli-GPUs (1000 a whole device)."""
+        return round(self.gpus * 1000)
 
 
 class TaskSpec(Strict):

@@ -34,7 +34,8 @@ def four_nodes() -> pl.NodeTable:
         {"name": "n3", "cpus": 3, "core_milli": [1000, 1000, 500, 500], "memory_mb": 32000,
          "gpus": 1, "labels": {"zone": "b", "arch": "arm"}},
     )
-    t.free[1] = [6000, 12000, 1]
+    t.free[1] = [6000, 12000, 1000]
+    t.gpu_free[1] = [0, 1000]  # device 0 in use
     return t
 
 
@@ -51,9 +52,9 @@ def assert_same(t: pl.NodeTable, snap: tuple[np.ndarray, np.ndarray]) -> None:
 
 def test_from_specs_fills_arrays_in_resource_order():
     t = four_nodes()
-    assert pl.RESOURCES == ("cpu_milli", "memory_mb", "gpus")
+    assert pl.RESOURCES == ("cpu_milli", "memory_mb", "gpu_milli")
     assert t.names == ["n0", "n1", "n2", "n3"]
-    assert t.total.tolist() == [[4000, 8000, 0], [8000, 16000, 2], [2000, 4000, 0], [3000, 32000, 1]]
+    assert t.total.tolist() == [[4000, 8000, 0], [8000, 16000, 2000], [2000, 4000, 0], [3000, 32000, 1000]]
     assert t.total.dtype == np.int64 and t.core_total.dtype == np.int64
     assert t.core_total.shape == (4, 8)  # the widest node has 8 cores; others are padded with 0
     assert t.core_total[3].tolist() == [1000, 1000, 500, 500, 0, 0, 0, 0]
@@ -139,13 +140,13 @@ CHECK_CASES = [
     ("InsufficientCpu", Request(cpu_milli=4000), [False, False, True, True]),
     ("InsufficientCpu", Request(cpu_milli=6001), [True, True, True, True]),
     ("InsufficientMemory", Request(memory_mb=12000), [True, False, True, False]),
-    ("InsufficientGpus", Request(cpu_milli=1, gpus=1), [True, False, True, False]),
-    ("InsufficientGpus", Request(cpu_milli=1, gpus=2), [True, True, True, True]),
+    ("InsufficientGpus", Request(cpu_milli=1, gpu_milli=1000), [True, False, True, False]),
+    ("InsufficientGpus", Request(cpu_milli=1, gpu_milli=2000), [True, True, True, True]),
     ("InsufficientCores", Request(cpu_milli=1), [False, False, False, False]),
     ("InsufficientCores", Request(cores=(1000, 1000)), [False, False, False, False]),
     ("InsufficientCores", Request(cores=(1000, 1000, 1000)), [False, False, True, True]),
     ("InsufficientCores", Request(cores=(600, 600, 600)), [False, False, True, True]),
-    ("InsufficientCores", Request(cores=(500, 500, 500, 500, 500, 500)), [False, False, True, False]),
+    ("InsufficientCores", Request(cores=(500, 500, 500, 500, 500, 500)), [True, False, True, True]),  # distinct
     ("InsufficientCores", Request(cores=(1000, 500, 500, 500)), [False, False, True, False]),
     ("InsufficientCores", Request(cores=(1001,)), [True, True, True, True]),
 ]
@@ -160,12 +161,12 @@ def test_check_marks_failing_nodes(reason, request_, expect):
 
 @pytest.mark.parametrize("request_, static, cand", [
     # (request, static_rows: could ever match, candidates: pass every check now)
-    (Request(cpu_milli=1, gpus=1), [1, 3], [1, 3]),
+    (Request(cpu_milli=1, gpu_milli=1000), [1, 3], [1, 3]),
     (Request(cpu_milli=1, labels={"zone": "a"}), [0, 2], [0]),
-    (Request(cpu_milli=1, gpus=1, labels={"zone": "b"}), [1, 3], [1, 3]),
-    (Request(cpu_milli=4000, gpus=1, labels={"zone": "b"}), [1, 3], [1]),
-    (Request(memory_mb=1, gpus=1, labels={"arch": "arm"}), [3], [3]),
-    (Request(cpu_milli=1, gpus=1, labels={"zone": "a"}), [], []),
+    (Request(cpu_milli=1, gpu_milli=1000, labels={"zone": "b"}), [1, 3], [1, 3]),
+    (Request(cpu_milli=4000, gpu_milli=1000, labels={"zone": "b"}), [1, 3], [1]),
+    (Request(memory_mb=1, gpu_milli=1000, labels={"arch": "arm"}), [3], [3]),
+    (Request(cpu_milli=1, gpu_milli=1000, labels={"zone": "a"}), [], []),
     (Request(cpu_milli=1, labels={"zone": "z"}), [], []),
 ])
 def test_static_rows_narrow_and_candidates_check_the_rest(request_, static, cand):
@@ -184,7 +185,7 @@ def test_check_reason_codes_are_camel_case_and_ordered():
 
 def test_refusal_counts_first_failing_check():
     t = four_nodes()
-    got = pl.place(t, Request(cpu_milli=7000, gpus=1, labels={"zone": "b"}))
+    got = pl.place(t, Request(cpu_milli=7000, gpu_milli=1000, labels={"zone": "b"}))
     assert isinstance(got, Refusal)
     # n0 fails labels first; n1 cpu (and not gpus); n2 is drained (and mismatched); n3 cpu then gpus.
     assert got.counts == {"NodeNotSchedulable": 1, "LabelMismatch": 1, "InsufficientCpu": 2}
@@ -207,7 +208,7 @@ def three_nodes() -> pl.NodeTable:
     t = table_of({"name": "A", "cpus": 4, "memory_mb": 8000},
                  {"name": "B", "cpus": 8, "memory_mb": 16000, "gpus": 2},
                  {"name": "C", "cpus": 2, "memory_mb": 2000})
-    t.free[1] = [2000, 4000, 2]
+    t.free[1] = [2000, 4000, 2000]
     return t
 
 
@@ -327,12 +328,13 @@ def test_per_core_shares_are_packed_best_fit_and_recorded():
     r = Request(cores=(600, 300, 300), workers=2)
     got = pl.place(t, r)
     # worker 1: 600 -> core 2 (700, tightest), 300 -> core 1 (400), 300 -> core 4 (900)
-    # worker 2: 600 -> core 4 (600 left), 300 -> core 0 (cores 1 and 2 keep only 100), 300 -> core 0
+    # worker 2: 600 -> core 4 (600 left), 300 -> core 0 (cores 1 and 2 keep only 100), 300 -> core 3
+    # (never a second share of one worker on one core)
     assert got.hosts == ((0, 2),)
-    assert got.core_use.tolist() == [[600, 300, 600, 0, 900]]
+    assert got.core_use.tolist() == [[300, 300, 600, 300, 900]]
     snap = snapshot(t)
     pl.reserve(t, r, got)
-    assert t.core_free.tolist() == [[400, 100, 100, 1000, 0]] and t.free[0, 0] == 4000 - 2400
+    assert t.core_free.tolist() == [[700, 100, 100, 700, 0]] and t.free[0, 0] == 4000 - 2400
     pl.release(t, r, got)
     assert_same(t, snap)
 
@@ -359,15 +361,15 @@ def test_could_ever_fit_ignores_use_and_node_state():
     t = four_nodes()
     t.free[:] = 0
     t.schedulable[:] = False
-    assert pl.could_ever_fit(t, Request(cpu_milli=8000, gpus=2)) is None
+    assert pl.could_ever_fit(t, Request(cpu_milli=8000, gpu_milli=2000)) is None
     assert pl.could_ever_fit(t, Request(cpu_milli=2000, labels={"zone": "a"}, exclusive=True)) is None
 
 
 @pytest.mark.parametrize("request_, counts, detail", [
     (Request(cpu_milli=9000), {"InsufficientCpu": 4},
      (Shortfall("cpu_milli", 9000, 8000, 8000),)),
-    (Request(cpu_milli=1, gpus=2, labels={"zone": "a"}), {"LabelMismatch": 2, "InsufficientGpus": 2},
-     (Shortfall("gpus", 2, 0, 0),)),
+    (Request(cpu_milli=1, gpu_milli=2000, labels={"zone": "a"}), {"LabelMismatch": 2, "InsufficientGpus": 2},
+     (Shortfall("gpu_milli", 2000, 0, 0), Shortfall("gpu_devices", 2, 0, 0))),
     (Request(cpu_milli=1, labels={"rack": "r9"}), {"LabelMismatch": 4}, ()),
     (Request(cores=(1200,)), {"InsufficientCores": 4}, (Shortfall("core_milli", 1200, 1000, 1000),)),
     (Request(cpu_milli=4000, workers=4), {"InsufficientCpu": 2}, (Shortfall("workers", 4, 3, 3),)),

@@ -7,7 +7,7 @@ import pytest
 
 from oaasd.core import placement as pl
 from oaasd.core.placement import scoring as sc
-from oaasd.core.placement.cores import pack_cores, pack_equal_row
+from oaasd.core.placement.cores import equal_fit_row, pack_cores, pack_equal_row
 
 
 def _table(rng: np.random.Generator, n: int) -> pl.NodeTable:
@@ -15,6 +15,7 @@ def _table(rng: np.random.Generator, n: int) -> pl.NodeTable:
     for i in range(n):
         cores = int(rng.choice([2, 4, 8, 16]))
         specs.append({"name": f"n{i}", "cpus": cores, "memory_mb": cores * int(rng.choice([1000, 2000, 4000])),
+                      "sockets": int(rng.choice([1, 2])),
                       "gpus": int(rng.choice([0, 0, 0, 1, 2])),
                       "labels": {"zone": "ab"[i % 2], "arch": "arm" if i % 5 == 0 else "x86"},
                       "schedulable": bool(rng.random() > 0.05)})
@@ -40,7 +41,7 @@ def _queue(rng: np.random.Generator, m: int) -> list[pl.Request]:
         out.append(pl.Request(
             cpu_milli=0 if cores else cpus * 1000, cores=cores,
             memory_mb=cpus * int(rng.choice([500, 1000, 2000])),
-            gpus=int(rng.random() < 0.1),
+            gpu_milli=int(rng.choice([0] * 17 + [1000, 250, 2000])),
             workers=int(rng.choice([1, 1, 2, 3, 5, 8, 12])),
             labels={"zone": "ab"[int(rng.integers(2))]} if rng.random() < 0.15
             else ({"arch": "arm"} if rng.random() < 0.05 else ({"gpu": "x"} if rng.random() < 0.02 else {})),
@@ -76,14 +77,17 @@ def test_place_queue_equals_place_and_reserve(fit: str, seed: int) -> None:
     for req, g, w in zip(queue, got, want):
         assert type(g) is type(w)
         if isinstance(w, pl.Placement):
+            assert g.bound is None or req.cores or req.exclusive  # the pass binds no cores
+            pl.reserve(work, req, g)  # reserving the pass's placements in order never fails, and binds
             assert g.hosts == w.hosts
             assert np.array_equal(g.use, w.use) and np.array_equal(g.core_use, w.core_use)
-            assert g.exclusive == w.exclusive
-            pl.reserve(work, req, g)  # reserving the pass's placements in order never fails
+            assert g.exclusive == w.exclusive and g.bound == w.bound
+            assert (g.gpu_use is None) == (w.gpu_use is None) and (g.gpu_use is None or np.array_equal(g.gpu_use, w.gpu_use))
         else:
             assert g == w
     assert np.array_equal(work.free, want_work.free)
     assert np.array_equal(work.core_free, want_work.core_free)
+    assert np.array_equal(work.gpu_free, want_work.gpu_free) and np.array_equal(work.core_bound, want_work.core_bound)
 
 
 def test_place_queue_custom_scorer_and_empty_queue(monkeypatch) -> None:
@@ -136,8 +140,9 @@ def test_pack_equal_row_is_pack_cores_for_equal_shares() -> None:
         shares = np.full(int(rng.integers(1, 4)), share, np.int64)
         limit = rng.integers(0, 4, 200)
         packed, use = pack_cores(cores, shares, limit)
-        for row, n, u in zip(cores.tolist(), packed.tolist(), use.tolist()):
-            assert pack_equal_row(row, share, n * len(shares)) == u
+        for row, n, u, lim in zip(cores.tolist(), packed.tolist(), use.tolist(), limit.tolist()):
+            assert pack_equal_row(row, share, len(shares), n) == u
+            assert equal_fit_row(row, share, len(shares), lim) == n
 
 
 def _lattice(rng: np.random.Generator, n: int) -> pl.NodeTable:

@@ -28,7 +28,7 @@ def tables(draw) -> pl.NodeTable:
     specs = []
     for i in range(n):
         cores = draw(st.lists(st.sampled_from([250, 500, 1000, 1500]), min_size=1, max_size=4))
-        specs.append({"name": f"n{i}", "core_milli": cores,
+        specs.append({"name": f"n{i}", "core_milli": cores, "sockets": draw(st.integers(1, len(cores))),
                       "memory_mb": draw(st.sampled_from([0, 1000, 2000, 4000])),
                       "gpus": draw(st.integers(0, 2)),
                       "labels": {"zone": draw(st.sampled_from("ab"))},
@@ -42,10 +42,10 @@ def requests(draw, single: bool = False) -> Request:
     cores = draw(st.just(()) | st.lists(st.sampled_from([250, 500, 750, 1000]), min_size=1, max_size=3))
     cpu = 0 if cores else draw(st.sampled_from([0, 250, 500, 1000, 2000]))
     memory = draw(st.sampled_from([0, 500, 1000, 3000]))
-    gpus = draw(st.sampled_from([0, 0, 0, 1]))
+    gpus = draw(st.sampled_from([0, 0, 0, 1000, 250, 2000]))
     if not (cores or cpu or memory or gpus):
         memory = 500
-    return Request(cpu_milli=cpu, memory_mb=memory, gpus=gpus, cores=tuple(cores),
+    return Request(cpu_milli=cpu, memory_mb=memory, gpu_milli=gpus, cores=tuple(cores),
                    workers=1 if single else draw(st.integers(1, 5)),
                    labels=draw(st.just({}) | st.just({"zone": "a"})),
                    spread=draw(st.booleans()),
@@ -57,6 +57,8 @@ def within_capacity(t: pl.NodeTable) -> None:
     assert ((0 <= t.free) & (t.free <= t.total)).all()
     assert ((0 <= t.core_free) & (t.core_free <= t.core_total)).all()
     assert (t.free[:, 0] <= t.core_free.sum(1)).all()
+    assert ((0 <= t.gpu_free) & (t.gpu_free <= t.gpu_total)).all()
+    assert (t.free[:, 2] == t.gpu_free.sum(1)).all() and (t.core_bound >= 0).all()
 
 
 def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
@@ -68,6 +70,29 @@ def check_placement(t: pl.NodeTable, r: Request, p: Placement) -> None:
     assert not checks.label_mismatch(t, r)[rows].any()
     if r.exclusive:
         assert not checks.not_idle(t, r)[rows].any()
+    for (i, slots), u, b in zip(p.hosts, p.core_use, pl.host_bindings(t, p)):
+        if r.cores and not r.exclusive:  # no core holds more than one share of each worker
+            assert (u <= slots * int(r.shares[0])).all() and np.count_nonzero(u) >= len(r.cores)
+    if r.gpu_milli and not r.exclusive:
+        share, q = r.gpu_shares
+        assert p.gpu_use is not None and (p.gpu_use.sum(1) == r.gpu_milli * np.array([s for _, s in p.hosts])).all()
+        whole = r.gpu_milli >= 1000
+        for (i, _), u in zip(p.hosts, p.gpu_use):  # whole devices fully free before; a share on one device
+            if whole:
+                assert set(u[u > 0].tolist()) == {1000} and (t.gpu_free[i, u > 0] == 1000).all()
+            assert (u <= t.gpu_free[i]).all()
+
+
+def check_bound(t: pl.NodeTable, r: Request, p: Placement) -> None:
+    """After reserve: a plain cpu request is bound to ceil(cpus * slots) distinct cores of each node
+    (all of them on a node with fewer, whose cores are larger)."""
+    assert (p.bound is not None) == r.binds_cores
+    for (i, slots), b in zip(p.hosts, pl.host_bindings(t, p)):
+        if r.binds_cores:
+            want = min(-(-r.cpu_milli * slots // 1000), int(t.ncores[i]))  # a core may hold over 1000
+            assert len(b["cores"]) == len(set(b["cores"])) == want
+            assert max(b["cores"]) < t.ncores[i]
+            assert sum(u for _, u in p.bound[p.hosts.index((i, slots))]) == r.cpu_milli * slots
 
 
 @SETTINGS
@@ -81,6 +106,8 @@ def test_any_sequence_of_place_reserve_release_stays_within_capacity(t, steps):
         if isinstance(got, Placement):
             check_placement(t, r, got)
             pl.reserve(t, r, got)
+            check_bound(t, r, got)
+            assert pl.placement_from_record(t, pl.placement_record(t, got)).bound == got.bound
             held.append((r, got))
         else:
             assert got.workers == r.workers and got.slots < r.workers
@@ -97,11 +124,13 @@ def test_reserve_then_release_restores_exactly(t, prior, r, fit):
         if isinstance(got, Placement):
             pl.reserve(t, q, got)
     free, core_free = t.free.copy(), t.core_free.copy()
+    gpu_free, bound = t.gpu_free.copy(), t.core_bound.copy()
     got = pl.place(t, r, fit)
     if isinstance(got, Placement):
         pl.reserve(t, r, got)
-        pl.release(t, r, got)
+        pl.release(t, r, pl.placement_from_record(t, pl.placement_record(t, got)))  # as a restart would
     assert np.array_equal(t.free, free) and np.array_equal(t.core_free, core_free)
+    assert np.array_equal(t.gpu_free, gpu_free) and np.array_equal(t.core_bound, bound)
     assert t.free.dtype == np.int64 and t.core_free.dtype == np.int64
 
 
@@ -130,6 +159,7 @@ def test_place_queue_never_over_commits(t, queue, fit):
         if isinstance(got, Placement):
             check_placement(t, r, got)
             pl.reserve(t, r, got)  # raises if the pass handed out more than there is
+            check_bound(t, r, got)
             within_capacity(t)
 
 
@@ -174,16 +204,31 @@ def test_scores_are_finite_and_within_unit_interval(t, r, weights, fit):
 
 
 def python_best_fit(cores: list[int], shares: list[int], limit: int) -> tuple[int, list[int]]:
-    """Reference best-fit decreasing, one core at a time."""
+    """Reference packing, one core at a time: each share of a worker on its own core.
+
+    Equal shares: the most workers w with sum_j min(free_j // s, w) >= p * w, taking
+    min(free_j // s, w) shares of each core, tightest first. Unequal shares: worker by
+    worker, largest share first, on the tightest core the worker does not use yet.
+    """
+    if len(set(shares)) == 1:
+        s, p = shares[0], len(shares)
+        per = [c // s for c in cores]
+        w = max(w for w in range(limit + 1) if sum(min(x, w) for x in per) >= p * w)
+        use, left = [0] * len(cores), p * w
+        for j in sorted(range(len(cores)), key=lambda j: (cores[j], j)):
+            n = min(per[j], w, left)
+            use[j], left = n * s, left - n
+        return w, use
     rem = list(cores)
     for w in range(limit):
-        trial = list(rem)
+        trial, used = list(rem), set()
         for s in sorted(shares, reverse=True):
-            fitting = [j for j, f in enumerate(trial) if f >= s]
+            fitting = [j for j, f in enumerate(trial) if f >= s and j not in used]
             if not fitting:
                 return w, [c - r for c, r in zip(cores, rem)]
             j = min(fitting, key=lambda j: (trial[j], j))
             trial[j] -= s
+            used.add(j)
         rem = trial
     return limit, [c - r for c, r in zip(cores, rem)]
 

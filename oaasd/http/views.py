@@ -79,12 +79,24 @@ class HistoryEntry(View):
     message: str | None
 
 
+class HostBinding(View):
+    """What placement bound on one node of an attempt, for the node to enforce."""
+
+    cores: list[int] = Field(description="core indices: the CPU affinity of the attempt's processes there")
+    cpu_quota: float | None = Field(description="cores' worth of CPU time when not a whole number, else null")
+    memory_mb: int
+    gpus: list[int] = Field(description="GPU device indices the task sees (CUDA_VISIBLE_DEVICES)")
+    socket: int | None = Field(description="the socket every bound core lies in, null when they span several")
+
+
 class AttemptView(View):
     """One launch of a task on a placement."""
 
     attempt: int
     node: str
     hosts: list[tuple[str, int]] = Field(description="[node, slots] per host of the gang")
+    binding: dict[str, HostBinding] = Field(
+        description="per node, what placement bound there (empty for attempts of an older daemon)")
     state: str
     started_at: float | None
     ended_at: float | None
@@ -134,7 +146,16 @@ class NodeResources(View):
 
     cpus: float
     memory_mb: int
-    gpus: int
+    gpus: float = Field(description="whole devices; a device partly used counts its free share")
+
+
+class GpuDeviceView(View):
+    """One GPU device of a node."""
+
+    index: int
+    type: str
+    memory_mb: int
+    used: float = Field(description="share in use, 0 to 1 (1: a whole-GPU task holds it)")
 
 
 class NodeIntent(View):
@@ -158,6 +179,9 @@ class NodeSummary(View):
     capacity: NodeResources
     free: NodeResources
     intent: NodeIntent | None
+    sockets: int = Field(description="cores are split evenly in order over the sockets")
+    gpu_vendor: Literal["nvidia", "amd"]
+    gpu_devices: list[GpuDeviceView]
     running: list[int] = Field(description="tasks with an attempt on the node (a non-admin sees only their own)")
     running_count: int = Field(description="how many tasks have an attempt on the node, whoever owns them")
 

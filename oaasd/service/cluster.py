@@ -16,7 +16,7 @@ import numpy as np
 from oaasd.config import NodeConfig, Settings
 from oaasd.core import placement as pl
 from oaasd.models import TaskSpec
-from oaasd.ports import Host
+from oaasd.ports import Binding, Host
 
 NODE_STATES = ("IDLE", "MIXED", "ALLOCATED", "DRAINING", "DRAINED", "DOWN")
 
@@ -26,8 +26,10 @@ NODE_STATES = ("IDLE", "MIXED", "ALLOCATED", "DRAINING", "DRAINED", "DOWN")
 API_UNITS: dict[str, tuple[str, int, str, str]] = {
     "cpu_milli": ("resources.cpus", 1000, "", "largest node has"),
     "memory_mb": ("resources.memory_mb", 1, "", "largest node has"),
-    "gpus": ("resources.gpus", 1, "", "largest node has"),
+    "gpu_milli": ("resources.gpus", 1000, "", "largest node has"),
+    "gpu_devices": ("resources.gpus", 1, " device(s) for one worker", "most devices that fit on one node:"),
     "core_milli": ("resources.cores", 1, " millicores on one core", "largest core has"),
+    "cores_distinct": ("resources.cores", 1, " distinct cores (one per share)", "largest node has"),
     "workers": ("workers", 1, " workers", "the nodes that fit one hold"),
 }
 
@@ -70,8 +72,9 @@ class Cluster:
 
     def rebuild(self) -> None:
         """Build the table from the node list and re-apply every reservation."""
-        specs = [{"name": n.name, "cpus": n.cpus, "memory_mb": n.memory_mb, "gpus": n.gpus,
-                  "labels": n.labels, "core_milli": n.core_capacity, "schedulable": self.schedulable(n.name)}
+        specs = [{"name": n.name, "cpus": n.cpus, "memory_mb": n.memory_mb, "gpus": n.devices,
+                  "labels": n.labels, "core_milli": n.core_capacity, "sockets": n.sockets,
+                  "schedulable": self.schedulable(n.name)}
                  for n in self.nodes.values()]
         self.table = pl.NodeTable.from_specs(specs)
         self._fits: dict[tuple, pl.Refusal | None] = {}
@@ -134,9 +137,9 @@ class Cluster:
     def request_for(spec: TaskSpec) -> pl.Request:
         """The placement request of a task spec."""
         res = spec.resources
-        return pl.Request(cpu_milli=res.cpu_milli, memory_mb=res.memory_mb, gpus=res.gpus,
+        return pl.Request(cpu_milli=res.cpu_milli, memory_mb=res.memory_mb, gpu_milli=res.gpu_milli,
                           cores=tuple(res.cores or ()), workers=spec.workers, labels=spec.labels,
-                          spread=spec.placement == "spread", exclusive=spec.exclusive)
+                          spread=spec.placement == "spread", exclusive=spec.exclusive, gpu_type=res.gpu_type)
 
     def never_fits(self, request: pl.Request) -> pl.Refusal | None:
         """A Refusal when no node could hold the request even in an empty cluster.
@@ -151,18 +154,28 @@ class Cluster:
             self._fits[key] = pl.could_ever_fit(self.table, request)
         return self._fits[key]
 
-    @staticmethod
-    def refusal_detail(refusal: pl.Refusal) -> list[dict[str, Any]]:
-        """The API detail of a refusal: per-check counts and shortfalls."""
+    def refusal_detail(self, refusal: pl.Refusal, request: pl.Request | None = None) -> list[dict[str, Any]]:
+        """The API detail of a refusal: per-check counts and shortfalls (and an unknown ``gpu_type``)."""
         detail: list[dict[str, Any]] = [
             {"field": "resources", "problem": f"{code}: {count} node(s)", "check": code, "nodes": count}
             for code, count in refusal.counts.items() if count]
+        if request is not None and request.gpu_type is not None and request.gpu_type not in self.gpu_types():
+            known = ", ".join(repr(t) for t in sorted(self.gpu_types())) or "none"
+            detail.append({"field": "resources.gpu_type", "check": "gpu_type",
+                           "problem": f"no node has GPUs of type {request.gpu_type!r} (types: {known})"})
         for s in refusal.detail:
             field, scale, unit, has = API_UNITS.get(s.resource, (f"resources.{s.resource}", 1, "", "largest node has"))
             requested, capacity = _in_units(s.requested, scale), _in_units(s.capacity, scale)
-            detail.append({"field": field, "problem": f"requested {requested:g}{unit}, {has} {capacity:g}",
-                           "requested": requested, "capacity": capacity})
+            entry = {"field": field, "problem": f"requested {requested:g}{unit}, {has} {capacity:g}",
+                     "requested": requested, "capacity": capacity}
+            if s.resource in ("cores_distinct", "gpu_devices"):
+                entry["check"] = s.resource
+            detail.append(entry)
         return detail
+
+    def gpu_types(self) -> set[str]:
+        """The GPU types some node has (a device's ``type``; "" for untyped ones)."""
+        return {d.type for n in self.nodes.values() for d in n.devices}
 
     def placement_to_json(self, placed: pl.Placement) -> dict[str, Any]:
         """The persisted form of a placement."""
@@ -173,11 +186,14 @@ class Cluster:
         return pl.placement_from_record(self.table, record)
 
     def hosts_of(self, placed: pl.Placement) -> list[Host]:
-        """The hosts (node, address, slots) of a placement, best first."""
+        """The hosts (node, address, slots) of a placement, best first, each with the
+        Binding its node enforces (cores, CPU quota, memory, GPU devices, socket)."""
         out = []
-        for i, slots in placed.hosts:
+        for (i, slots), b in zip(placed.hosts, pl.host_bindings(self.table, placed)):
             node = self.nodes[self.table.names[i]]
-            out.append(Host(node=node.name, address=node.host, slots=slots))
+            binding = Binding(cores=tuple(b["cores"]), cpu_quota=b["cpu_quota"], memory_mb=b["memory_mb"],
+                              gpus=tuple(b["gpus"]), gpu_vendor=node.gpu_vendor, socket=b["socket"])
+            out.append(Host(node=node.name, address=node.host, slots=slots, binding=binding))
         return out
 
     # ---- views ------------------------------------------------------
@@ -212,16 +228,30 @@ class Cluster:
             "capacity": resources(self.table.total[i]), "free": resources(self.table.free[i]),
             "intent": None if intent is None else {"state": intent.state, "reason": intent.reason,
                                                    "user": intent.user, "at": intent.at},
+            "sockets": int(self.table.sockets[i]), "gpu_vendor": node.gpu_vendor, "gpu_devices": self.devices_of(i),
         }
+
+    def devices_of(self, i: int) -> list[dict[str, Any]]:
+        """Row i's GPU devices: index, type, memory_mb and the share in use (0 to 1)."""
+        t, by_index = self.table, {d.index: d for d in self.nodes[self.table.names[i]].devices}
+        out = []
+        for d in np.flatnonzero(t.gpu_total[i]).tolist():
+            dev = by_index[int(t.gpu_index[i, d])]
+            used = int(t.gpu_total[i, d] - t.gpu_free[i, d])
+            out.append({"index": dev.index, "type": dev.type, "memory_mb": dev.memory_mb, "used": used / pl.GPU_MILLI})
+        return out
 
 
 def request_key(r: pl.Request) -> tuple:
     """A hashable shape of a request: equal keys get equal placement answers."""
-    return (r.cpu_milli, r.memory_mb, r.gpus, r.cores, r.workers, tuple(sorted(r.labels.items())),
-            r.spread, r.exclusive)
+    return (r.cpu_milli, r.memory_mb, r.gpu_milli, r.cores, r.workers, tuple(sorted(r.labels.items())),
+            r.spread, r.exclusive, r.gpu_type)
 
 
 def resources(row: np.ndarray) -> dict[str, Any]:
-    """One row of the table's resource columns in API units (cpus, memory_mb, gpus)."""
-    return {"cpus": int(row[0]) / 1000, "memory_mb": int(row[1]), "gpus": int(row[2])}
+    """One row of the table's resource columns in API units (cpus, memory_mb, gpus: whole
+    devices, a share of one in thousandths)."""
+    gpus = int(row[2])
+    return {"cpus": int(row[0]) / 1000, "memory_mb": int(row[1]),
+            "gpus": gpus // pl.GPU_MILLI if gpus % pl.GPU_MILLI == 0 else gpus / pl.GPU_MILLI}
 

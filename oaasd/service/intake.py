@@ -57,7 +57,7 @@ class Intake:
         request = self.cluster.request_for(spec)
         refusal = self.cluster.never_fits(request)
         if refusal is not None:
-            raise UnsatisfiableError(message, self.cluster.refusal_detail(refusal))
+            raise UnsatisfiableError(message, self.cluster.refusal_detail(refusal, request))
         return request
 
     async def submit(self, spec: TaskSpec, link: Link | None = None) -> Submitted:

@@ -90,12 +90,14 @@ class Views:
 
 def attempt_view(a: dict[str, Any]) -> dict[str, Any]:
     """The API view of one attempt row."""
-    hosts = json.loads(a["placement"]).get("hosts", [])
+    placement = json.loads(a["placement"])
+    hosts = placement.get("hosts", [])
     notes = []
     if a["metrics_dropped"]:
         notes.append(f"{a['metrics_dropped']} OAAS_METRIC lines dropped: {a['metrics_stored']} stored reached "
                      "reporting.max_metrics_per_attempt")
-    return {"attempt": a["seq"], "node": a["node"], "hosts": hosts, "state": a["state"],
+    return {"attempt": a["seq"], "node": a["node"], "hosts": hosts, "binding": placement.get("binding", {}),
+            "state": a["state"],
             "started_at": a["started_at"], "ended_at": a["ended_at"], "exit_code": a["exit_code"],
             "signal": a["signal"], "reason": a["reason"], "message": a["message"],
             "stdout_read_bytes": a["stdout_offset"], "metrics_stored": a["metrics_stored"],

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from oaasd.core.placement.checks import Refusal, passing
-from oaasd.core.placement.cores import cores_fit
+from oaasd.core.placement.checks import Refusal, fine_fit, passing
 from oaasd.core.placement.scoring import scorer
 from oaasd.core.placement.select import build_placement, place
 from oaasd.core.placement.table import NodeTable, Placement, Request, reserve
@@ -84,7 +83,7 @@ def _fits(table: NodeTable, request: Request, rows: np.ndarray) -> bool:
     """Whether one worker still fits each of ``rows`` (labels and state already checked)."""
     if (table.free[rows] < request.demand).any():
         return False
-    return not request.cores or bool(cores_fit(table.core_free[rows], request.shares).all())
+    return not (request.cores or request.gpu_milli) or bool(fine_fit(table, request, rows).all())
 
 
 def match(cost: np.ndarray, slots: np.ndarray,

@@ -26,7 +26,10 @@ class Shortfall:
     """One resource asked of a single node beyond what any eligible node has.
 
     For ``workers`` (a gang): ``free`` and ``capacity`` are worker slots.
-    For ``core_milli``: the largest per-process share against the largest core.
+    For ``core_milli``: the largest per-process share against the largest core;
+    ``cores_distinct``: shares (one core each) against the most cores that take
+    one; ``gpu_devices``: devices one worker needs against the most that could
+    take its share (free, and on the idle cluster).
     """
 
     resource: str
@@ -86,15 +89,76 @@ def label_match(table: NodeTable, request: Request) -> np.ndarray:
 
 def static_rows(table: NodeTable, request: Request) -> np.ndarray:
     """Rows that could ever pass the label check and, for a request asking for GPUs,
-    have GPUs at all: (m,) int64 ascending, read-only. Cached per label set and GPU
-    need on the table (shared by its copies: labels and totals never change)."""
-    key = (request.label_key, request.gpus > 0)
+    have GPUs (of its ``gpu_type``) at all: (m,) int64 ascending, read-only. Cached per
+    label set and GPU need on the table (shared by its copies: labels and totals never change)."""
+    key = (request.label_key, request.gpu_milli > 0, request.gpu_type)
     hit = table.static_rows_cache.get(key)
     if hit is None:
-        ok = label_match(table, request) & table.has[:, GPUS] if request.gpus else label_match(table, request)
+        ok = label_match(table, request)
+        if request.gpu_milli:
+            ok = ok & (table.has[:, GPUS] if request.gpu_type is None else
+                       (table.gpu_kind == gpu_kind_code(table, request)).any(1))
         hit = table.static_rows_cache[key] = np.flatnonzero(ok)
         hit.flags.writeable = False
     return hit
+
+
+def gpu_kind_code(table: NodeTable, request: Request) -> int:
+    """The column code of the request's ``gpu_type`` in ``table.gpu_kinds`` (-2: no node has it)."""
+    try:
+        return table.gpu_kinds.index(request.gpu_type)
+    except ValueError:
+        return -2
+
+
+def devices(table: NodeTable, request: Request, rows: np.ndarray) -> np.ndarray:
+    """Free milli-GPUs of the devices of ``rows`` the request may use: (m, G) int64."""
+    free = table.gpu_free[rows]
+    if request.gpu_type is None:
+        return free
+    return np.where(table.gpu_kind[rows] == gpu_kind_code(table, request), free, 0)
+
+
+def gpus_fit(table: NodeTable, request: Request, rows: np.ndarray) -> np.ndarray:
+    """Rows whose devices take one worker's GPUs (p shares, each on its own device): (m,) bool."""
+    share, p = request.gpu_shares
+    return np.count_nonzero(devices(table, request, rows) >= share, axis=1) >= p
+
+
+def device_row(table: NodeTable, request: Request, i: int) -> list[int]:
+    """Row i's free milli-GPUs per device the request may use, as Python ints."""
+    free = table.gpu_free[i].tolist()
+    if request.gpu_type is None:
+        return free
+    code = gpu_kind_code(table, request)
+    return [f if k == code else 0 for f, k in zip(free, table.gpu_kind[i].tolist())]
+
+
+def could_hold(table: NodeTable, request: Request) -> np.ndarray | None:
+    """Nodes with enough cores (one per share) and devices (of the type, one per whole GPU)
+    ever to hold one worker: (n,) bool, read-only, cached (totals never change); None
+    for a request with neither per-core shares nor GPUs. A node outside it fails
+    ``fine_fit`` whatever is free, so rankers may drop it first."""
+    if not (request.cores or request.gpu_milli):
+        return None
+    key = ("hold", len(request.cores), request.gpu_type, request.gpu_shares[1] if request.gpu_milli else 0)
+    hit = table.static_rows_cache.get(key)
+    if hit is None:
+        hit = table.ncores >= len(request.cores)
+        if request.gpu_milli:
+            typed = table.gpu_total > 0 if request.gpu_type is None else table.gpu_kind == gpu_kind_code(table, request)
+            hit &= np.count_nonzero(typed, axis=1) >= request.gpu_shares[1]
+        hit.flags.writeable = False
+        table.static_rows_cache[key] = hit
+    return hit
+
+
+def fine_fit(table: NodeTable, request: Request, rows: np.ndarray) -> np.ndarray:
+    """Rows passing the per-core and per-device checks (the column checks assumed): (m,) bool."""
+    ok = cores_fit(table.core_free[rows], request.shares) if request.cores else np.ones(len(rows), bool)
+    if request.gpu_milli:
+        ok &= gpus_fit(table, request, rows)
+    return ok
 
 
 def not_idle(table: NodeTable, request: Request) -> np.ndarray:
@@ -115,8 +179,10 @@ def insufficient_memory(table: NodeTable, request: Request) -> np.ndarray:
 
 
 def insufficient_gpus(table: NodeTable, request: Request) -> np.ndarray:
-    """Nodes with fewer free GPUs than one worker needs: (n,) bool."""
-    return table.free[:, GPUS] < request.gpus
+    """Nodes whose free GPU devices (of the type asked) cannot take one worker: (n,) bool."""
+    if not request.gpu_milli:
+        return np.zeros(len(table.names), bool)
+    return (table.free[:, GPUS] < request.gpu_milli) | ~gpus_fit(table, request, slice(None))
 
 
 def insufficient_cores(table: NodeTable, request: Request) -> np.ndarray:
@@ -154,9 +220,9 @@ def passing(table: NodeTable, request: Request, cores: bool = True) -> np.ndarra
         ok &= ~not_idle(table, request)
     for r, amount in request.asked:  # a loop over resources: each column is contiguous
         ok &= table.free[:, r] >= amount
-    if request.cores and cores:
+    if (request.cores or request.gpu_milli) and cores:
         rows = ok.nonzero()[0]
-        ok[rows] = cores_fit(table.core_free[rows], request.shares)
+        ok[rows] = fine_fit(table, request, rows)
     return ok
 
 
@@ -164,14 +230,14 @@ _all_rows = np.logical_and.reduce  # over axis 0: each column (node) holds all
 
 
 def candidates(table: NodeTable, request: Request) -> np.ndarray:
-    """Rows passing every check but the per-core one: (m,) int64 ascending,
+    """Rows passing every check but the per-core and per-device ones: (m,) int64 ascending,
     ``passing(table, request, cores=False).nonzero()[0]``.
 
     A request asking for labels or GPUs, which few nodes have, is checked only
     on those nodes (``static_rows``, cached): one compare of their gathered
     (r, m) free block, and their state.
     """
-    if request.exclusive or not (request.labels or request.gpus):
+    if request.exclusive or not (request.labels or request.gpu_milli):
         return passing(table, request, cores=False).nonzero()[0]
     rows = static_rows(table, request)
     ok = _all_rows(table.free.T.take(rows, 1) >= request.demand_col)
@@ -213,4 +279,15 @@ def _shortfalls(table: NodeTable, request: Request, eligible: np.ndarray) -> tup
         cfree, ctotal = int(table.core_free[eligible].max()), int(table.core_total[eligible].max())
         if big > cfree:
             out.append(Shortfall("core_milli", big, cfree, ctotal))
+        p = len(request.cores)  # each share on its own core
+        roomy = int(np.count_nonzero(table.core_free[eligible] >= request.shares[-1], axis=1).max())
+        if p > roomy and big <= cfree:  # each share fits some core, not all on different ones
+            out.append(Shortfall("cores_distinct", p, roomy, int(table.ncores[eligible].max())))
+    if request.gpu_milli:
+        share, p = request.gpu_shares
+        typed = devices(table, request, eligible)
+        roomy = int(np.count_nonzero(typed >= share, axis=1).max())
+        if p > roomy:
+            whole = int(np.count_nonzero(devices(table.configured, request, eligible) >= share, axis=1).max())
+            out.append(Shortfall("gpu_devices", p, roomy, whole))
     return tuple(out)

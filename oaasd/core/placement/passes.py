@@ -20,8 +20,12 @@ What it saves, per request:
 - ``first`` takes the first rows with room; the other scorers are computed
   once per request and masked with -inf, ranked by argmax passes;
 - per-core shares of equal size (the common case) are checked and packed on
-  plain ints per row (``shares_fit``, ``cores.pack_equal_row``), only for
-  the rows the ranking reaches, as ``place`` does;
+  plain ints per row (``workers_fit``, ``cores.equal_fit_row``,
+  ``cores.pack_equal_row``: each share of a worker on its own core), only
+  for the rows the ranking reaches, as ``place`` does;
+- cores of plain cpu requests are not chosen here at all: ``reserve`` binds
+  them (the choice never changes which nodes fit), so the scheduler's
+  reserves in queue order bind what place + reserve one by one bind;
 - a gang's slot arithmetic, ``use`` and subtraction work on Python ints
   (a copy of ``free`` kept row by row, stored back by scalar);
 - best and worst, the daemon's common case, run in one method (``keyed``):
@@ -29,9 +33,15 @@ What it saves, per request:
   general dealers skipped where their answer is known (k rows for a spread
   gang: one worker each; a packed gang: all rows full but the last).
 
+- GPU devices the same way as equal per-core shares (``workers_fit_gpus``,
+  ``take_gpus``): whole GPUs are equal shares of 1000 on distinct devices,
+  a fraction one share of one device;
+- rows with too few cores or devices ever to hold one worker
+  (``checks.could_hold``, cached) are masked out first, as ``place`` does.
+
 Exclusive requests, gangs of more than 8, per-core shares of different sizes
-and requests whose best rows mostly fail the per-core check go through
-``place`` itself on the same working copy.
+and requests whose best rows mostly fail the per-core or per-device check go
+through ``place`` itself on the same working copy.
 """
 
 from __future__ import annotations
@@ -40,8 +50,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from oaasd.core.placement.checks import Refusal, label_match, refuse
-from oaasd.core.placement.cores import pack_equal_row
+from oaasd.core.placement.checks import Refusal, could_hold, label_match, refuse
+from oaasd.core.placement.cores import equal_fit_row, pack_equal_row
 from oaasd.core.placement.scoring import (
     BUILTIN,
     absolute_left,
@@ -73,7 +83,8 @@ def place_queue(table: NodeTable, requests: Sequence[Request], fit: str = "best"
 
     A refused request does not block later ones (ordering and backfill are
     the policy's business). Reserving the placements on ``table`` in the same
-    order cannot fail while ``table`` is unchanged.
+    order cannot fail while ``table`` is unchanged (and binds the cores of
+    plain cpu requests as ``place`` + ``reserve`` one by one would).
     """
     work = table.copy()
     if not requests:
@@ -94,6 +105,7 @@ class _Pass:
         self.cols = [work.free[:, r] for r in range(work.free.shape[1])]  # views: contiguous columns
         self.rows_of = work.free.tolist()  # free as Python ints, row by row, kept in step
         self.cores_of: dict[int, list[int]] = {}  # core_free rows as Python ints, made on demand
+        self.gpus_of: dict[int, tuple] = {}  # gpu_free rows, device kinds and fits, made on demand
         self.static: dict[tuple, np.ndarray] = {}  # label set -> schedulable & labels match
         self.zeros: dict[int, np.ndarray] = {}  # rows -> read-only zero core use (no_cores)
         self.sign = _KEYED.get(fit)
@@ -109,6 +121,7 @@ class _Pass:
         (which ``place`` changed): subtract the difference."""
         for i in rows:
             self.cores_of.pop(i, None)
+            self.gpus_of.pop(i, None)
             self.subtract(i, [a - b for a, b in zip(self.rows_of[i], self.free[i].tolist())])
 
     def subtract(self, i: int, use: list[int]) -> None:
@@ -133,13 +146,43 @@ class _Pass:
             hit = self.cores_of[i] = (self.work.core_free[i].tolist(), {})
         return hit
 
-    def shares_fit(self, i: int, share: int) -> int:
-        """How many shares of ``share`` millicores row i's cores take (each on one core)."""
+    def workers_fit(self, i: int, share: int, p: int, k: int) -> int:
+        """How many workers (at most k) of p shares of ``share`` millicores row i's cores
+        take, each share of a worker on its own core (``cores.equal_fit_row``)."""
         row, known = self.cores(i)
-        n = known.get(share)
+        n = known.get((share, p, k))
         if n is None:
-            n = known[share] = sum(map(share.__rfloordiv__, row))  # c // share, looped in C
+            n = known[share, p, k] = equal_fit_row(row, share, p, k)
         return n
+
+    def workers_fit_gpus(self, i: int, req: Request, k: int) -> int:
+        """How many workers (at most k) of ``req``'s GPUs row i's devices (of its type) take."""
+        hit = self.gpus_of.get(i)
+        if hit is None:
+            hit = self.gpus_of[i] = (self.work.gpu_free[i].tolist(), self.work.gpu_kind[i].tolist(), {})
+        share, p = req.gpu_shares
+        key = (share, p, k, req.gpu_type)
+        n = hit[2].get(key)
+        if n is None:
+            n = hit[2][key] = equal_fit_row(self.devices(i, req), share, p, k)
+        return n
+
+    def devices(self, i: int, req: Request) -> list[int]:
+        """Row i's free milli-GPUs per device of ``req``'s type (``checks.device_row``)."""
+        free, kinds, _ = self.gpus_of.get(i) or (self.work.gpu_free[i].tolist(), self.work.gpu_kind[i].tolist(), 0)
+        if req.gpu_type is None:
+            return free
+        code = self.work.gpu_kinds.index(req.gpu_type) if req.gpu_type in self.work.gpu_kinds else -2
+        return [f if kd == code else 0 for f, kd in zip(free, kinds)]
+
+    def take_gpus(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
+        """Pack ``take`` workers' GPUs on each row's devices and subtract them: (m, G) int64."""
+        share, p = req.gpu_shares
+        gpu_use = np.array([pack_equal_row(self.devices(i, req), share, p, t) for i, t in zip(rows, take)], np.int64)
+        for i, u in zip(rows, gpu_use):
+            self.work.gpu_free[i] -= u
+            self.gpus_of.pop(i, None)
+        return gpu_use
 
     def place(self, req: Request) -> Placement | Refusal:
         """Place one request: here, or through ``place`` for what the loop does not specialise
@@ -156,6 +199,8 @@ class _Pass:
                 ok = self.cols[r] >= x
             else:
                 ok &= self.cols[r] >= x
+        if req.cores or req.gpu_milli:
+            ok &= could_hold(self.work, req)
         if self.sign is not None:  # the common case, in the fewest calls
             if req.labels:
                 ok &= base
@@ -164,7 +209,7 @@ class _Pass:
         best = self.select(req, ok)
         if best is None:  # too many rows failed the per-core check: as place does it
             return self.fallback(req)
-        if best and req.workers == 1 and not req.cores:
+        if best and req.workers == 1 and not (req.cores or req.gpu_milli):
             return self.take_one(req, best[0])
         return self.take_gang(req, best) if best else self.refuse(req, 0)
 
@@ -180,6 +225,7 @@ class _Pass:
         best, keys, cap = [], [], []
         held, packed, refused = 0, not req.spread, 0
         share, p = (int(req.shares[0]), len(req.shares)) if req.cores else (0, 0)
+        gpus = req.gpu_milli
         while len(best) < k:
             i = int(argmin())
             v = float(masked[i])
@@ -188,7 +234,15 @@ class _Pass:
             masked[i] = _INF
             row, c = rows_of[i], k
             if share:  # as ``select.pick`` with ``fits``: past 4k + 16 refused rows, place answers
-                q = self.shares_fit(i, share) // p
+                q = self.workers_fit(i, share, p, k)
+                if not q:
+                    refused += 1
+                    if refused > 4 * k + 16:
+                        return self.fallback(req)
+                    continue
+                c = min(c, q)
+            if gpus:
+                q = self.workers_fit_gpus(i, req, k)
                 if not q:
                     refused += 1
                     if refused > 4 * k + 16:
@@ -214,7 +268,7 @@ class _Pass:
                 best, cap = ranked, [self.holds(req, i) for i in ranked]
                 if packed and len(best) < k and sum(cap) < k:
                     return self.fallback(req)  # re-ranking a short prefix left it too small: rare
-        if k == 1 and not share:
+        if k == 1 and not (share or gpus):
             return self.take_one(req, best[0])
         return self.deal(req, best, cap)
 
@@ -238,14 +292,15 @@ class _Pass:
         d0, d1, d2 = req.demand_list
         use = [[t * d0, t * d1, t * d2] for t in take]
         core_use = self.take_cores(req, rows, take) if req.cores else self.no_cores(m)
+        gpu_use = self.take_gpus(req, rows, take) if req.gpu_milli else None
         for i, u in zip(rows, use):
             self.subtract(i, u)
-        return Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False)
+        return Placement(tuple(zip(rows, take)), np.array(use, np.int64), core_use, False, gpu_use)
 
     def take_cores(self, req: Request, rows: list[int], take: list[int]) -> np.ndarray:
         """Pack ``take`` workers' equal shares on each row's cores and subtract them: (m, c) int64."""
         share, p = int(req.shares[0]), len(req.shares)
-        core_use = np.array([pack_equal_row(self.cores(i)[0], share, t * p) for i, t in zip(rows, take)], np.int64)
+        core_use = np.array([pack_equal_row(self.cores(i)[0], share, p, t) for i, t in zip(rows, take)], np.int64)
         for i, u in zip(rows, core_use):
             self.work.core_free[i] -= u
             self.cores_of.pop(i, None)
@@ -260,11 +315,15 @@ class _Pass:
         return result
 
     def fits(self, req: Request) -> Callable[[int], bool] | None:
-        """Whether one worker's equal per-core shares fit row i (``cores_fit``), or None."""
-        if not req.cores:
+        """Whether one worker's equal per-core shares and GPUs fit row i (``fine_fit``), or None."""
+        if not (req.cores or req.gpu_milli):
             return None
+        if not req.cores:
+            return lambda i: self.workers_fit_gpus(i, req, 1) >= 1
         share, p = int(req.shares[0]), len(req.shares)
-        return lambda i: self.shares_fit(i, share) >= p
+        if not req.gpu_milli:
+            return lambda i: self.workers_fit(i, share, p, 1) >= 1
+        return lambda i: self.workers_fit(i, share, p, 1) >= 1 and self.workers_fit_gpus(i, req, 1) >= 1
 
     def select(self, req: Request, ok: np.ndarray) -> list[int] | None:
         """The best min(k, m) rows with room, best first, exactly as ``place`` ranks them,
@@ -296,7 +355,9 @@ class _Pass:
             for r, x in req.asked:
                 c = min(c, row[r] // x)
             if req.cores:
-                c = min(c, self.shares_fit(i, int(req.shares[0])) // len(req.shares))
+                c = min(c, self.workers_fit(i, int(req.shares[0]), len(req.shares), req.workers))
+            if req.gpu_milli:
+                c = min(c, self.workers_fit_gpus(i, req, req.workers))
             self.held[i] = c
         return c
 

@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from oaasd.core.placement.checks import Refusal, Shortfall, candidates, passing, refuse
-from oaasd.core.placement.cores import cores_fit, pack_cores
+from oaasd.core.placement.checks import (
+    Refusal,
+    Shortfall,
+    candidates,
+    could_hold,
+    device_row,
+    fine_fit,
+    passing,
+    refuse,
+)
+from oaasd.core.placement.cores import equal_fit_row, pack_cores, pack_equal_row
 from oaasd.core.placement.scoring import score_rows, scorer
 from oaasd.core.placement.table import NodeTable, Placement, Request
 
@@ -124,13 +133,14 @@ def spread_slots(cap: list[int], k: int) -> list[int]:
 
 def place(table: NodeTable, request: Request, fit: str = "best",
           weights: np.ndarray | None = None) -> Placement | Refusal:
-    """Choose nodes for every worker of ``request``, all or nothing; never mutates ``table``."""
+    """Choose nodes for every worker of ``request``, all or nothing; never mutates ``table``
+    (the cores of a plain cpu request are bound by ``reserve``)."""
     score_of = scorer(fit)
     cand = candidates(table, request)
     k = request.workers
     if cand.size:  # score only the rows that passed: the built-in scorers take rows
         score = score_rows(score_of, table, request, weights, cand)
-        if k == 1 and not (request.cores or request.exclusive):  # the common case, fewest calls
+        if k == 1 and not (request.cores or request.exclusive or request.gpu_milli):  # the common case
             return Placement(((int(cand[score.argmax()]), 1),), request.demand_row, table.no_core_use)
         cand = _best_rows(table, request, cand, score, k)
     slots = 0
@@ -150,19 +160,45 @@ def place(table: NodeTable, request: Request, fit: str = "best",
 
 
 def _best_rows(table: NodeTable, request: Request, cand: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
-    """The best min(k, m) rows of ``cand`` that also pass the per-core check: (<=k,) int64.
+    """The best min(k, m) rows of ``cand`` that also pass the per-core and per-device
+    checks: (<=k,) int64.
 
-    The per-core check costs (m, c): it runs on the best few rows first and
-    on all of them only when too few of those pass.
+    Those checks cost (m, c): they run on the best few rows first and on all
+    of them only when too few of those pass.
     """
-    if not request.cores:
+    if not (request.cores or request.gpu_milli):
         return rank(cand, score, k)
+    if k == 1 and not request.exclusive and (not request.cores or request.shares[0] == request.shares[-1]):
+        return _first_fitting(table, request, cand, score)
+    hold = could_hold(table, request).take(cand)  # too few cores or devices ever: out first
+    if not hold.all():
+        cand, score = cand.compress(hold), score.compress(hold)
     top = rank(cand, score, min(len(cand), 4 * k + 16))
-    fit = cores_fit(table.core_free[top], request.shares)
+    fit = fine_fit(table, request, top)
     if fit.sum() >= k or len(top) == len(cand):
         return top[fit][:k]
-    keep = cores_fit(table.core_free[cand], request.shares)
+    keep = fine_fit(table, request, cand)
     return rank(cand[keep], score[keep], k)
+
+
+def _first_fitting(table: NodeTable, request: Request, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """For one worker: the best row of ``cand`` whose cores and devices take it, by
+    repeated argmax (the first maximum: ties by node order), each row checked on plain
+    ints: what ``_best_rows`` answers, without checking rows it does not reach."""
+    left = score.copy()
+    share, p = (int(request.shares[0]), len(request.shares)) if request.cores else (0, 0)
+    for _ in range(len(cand)):
+        j = int(left.argmax())
+        if left[j] == -np.inf:
+            break
+        left[j] = -np.inf
+        i = int(cand[j])
+        if share and sum(c >= share for c in table.core_free[i].tolist()) < p:
+            continue
+        if request.gpu_milli and not equal_fit_row(device_row(table, request, i), *request.gpu_shares, 1):
+            continue
+        return cand[j:j + 1]
+    return cand[:0]
 
 
 def _capacity(table: NodeTable, request: Request, rows: np.ndarray,
@@ -170,6 +206,9 @@ def _capacity(table: NodeTable, request: Request, rows: np.ndarray,
     """Workers each of the (at most k) ``rows`` can hold, at most k, and for a request
     with per-core shares the cores those workers would take ((m, c) int64, else None)."""
     cap = [min([k] + [f[r] // amount for r, amount in request.asked]) for f in table.free[rows].tolist()]
+    if request.gpu_milli:
+        share, p = request.gpu_shares
+        cap = [equal_fit_row(device_row(table, request, i), share, p, c) for i, c in zip(rows.tolist(), cap)]
     if request.cores:
         packed, core_use = pack_cores(table.core_free[rows], request.shares, np.array(cap, np.int64))
         return packed.tolist(), core_use
@@ -180,17 +219,25 @@ def build_placement(table: NodeTable, request: Request, rows: np.ndarray, slots:
                     core_use: np.ndarray | None = None) -> Placement:
     """The Placement of ``slots`` workers on ``rows``, recording per-core shares
     (``core_use``: pack_cores' answer for exactly these slots, when already known)."""
+    gpu_use = None
     if request.exclusive:  # the whole node, whatever the workers use
         use, core_use = table.total[rows], table.core_total[rows]
+        gpu_use = table.gpu_total[rows] if use[:, 2].any() else None
     elif len(rows) == 1 and slots[0] == 1 and not request.cores:  # the common case, no copies
         use, core_use = request.demand_row, table.no_core_use
+        if request.gpu_milli:
+            gpu_use = np.array([pack_equal_row(device_row(table, request, int(rows[0])), *request.gpu_shares, 1)])
     else:
         use = slots[:, None] * request.demand
         if core_use is None and request.cores:
             _, core_use = pack_cores(table.core_free[rows], request.shares, slots)
         elif core_use is None:
             core_use = np.zeros((len(rows), table.core_free.shape[1]), np.int64)
-    return Placement(tuple(zip(rows.tolist(), slots.tolist())), use, core_use, request.exclusive)
+        if request.gpu_milli:  # a few rows: the one-row packing on plain ints
+            share, p = request.gpu_shares
+            gpu_use = np.array([pack_equal_row(device_row(table, request, i), share, p, t)
+                                for i, t in zip(rows.tolist(), slots.tolist())], np.int64)
+    return Placement(tuple(zip(rows.tolist(), slots.tolist())), use, core_use, request.exclusive, gpu_use)
 
 
 def could_ever_fit(table: NodeTable, request: Request) -> Refusal | None:
@@ -201,7 +248,7 @@ def could_ever_fit(table: NodeTable, request: Request) -> Refusal | None:
     k = request.workers
     if cand.size >= k:  # every passing node holds at least one worker
         return None
-    slots = sum(_capacity(conf, request, cand, k)[0])
+    slots = sum(_capacity(conf, request, cand, k)[0]) if cand.size else 0
     if slots >= k:
         return None
     refusal = refuse(conf, request, slots, "BadConstraints")

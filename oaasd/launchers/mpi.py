@@ -294,7 +294,7 @@ class MpiLauncher:
                "OAAS_RESULT_FILE": f"{first}/result.json", "OAAS_HOSTFILE": f"{first}/hostfile"}
         argv = self.mpirun_argv(job, str(hostfile), tag, list(env))
         local_job = dataclasses.replace(job, argv=argv, env={**self.options.env, **env}, workdir=str(job.attempt_dir))
-        handle = await self.local.start(local_job)
+        handle = await self.local.start(local_job, bind=False)  # mpirun itself is not the ranks
         locator = Locator(pid=handle.locator.pid, start_time=handle.locator.start_time,
                           extra={"kind": "mpi", "tag": tag, "dirs": dirs, "argv": shlex.join(argv)})
         handle.locator = locator

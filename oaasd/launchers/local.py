@@ -140,6 +140,15 @@ def _identity(job: LaunchJob, who: RunAs | None) -> dict:
     return {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups), "cwd": job.attempt_dir}
 
 
+def default_workdir(job: LaunchJob, who: RunAs | None) -> str:
+    """The task's workdir, else its Unix account's home when it has one, else the attempt directory."""
+    if job.workdir:
+        return job.workdir
+    if who is not None and os.path.isdir(who.home):
+        return who.home
+    return str(job.attempt_dir)
+
+
 class LocalLauncher:
     """Runs attempts with ``subprocess.Popen`` in a new session."""
 
@@ -160,7 +169,7 @@ class LocalLauncher:
         try:
             with open(job.stdout_path, "ab") as out, open(job.stderr_path, "ab") as err:
                 popen = subprocess.Popen(
-                    wrap_argv(list(job.argv), job.workdir, **prepared.wrap_args()), stdin=subprocess.DEVNULL,
+                    wrap_argv(list(job.argv), default_workdir(job, who), **prepared.wrap_args()), stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, env=env, start_new_session=True, close_fds=True, umask=TASK_UMASK,
                     **_identity(job, who),
                 )

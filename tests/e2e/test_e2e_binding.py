@@ -1,0 +1,142 @@
+"""The real daemon enforces memory limits with cgroups, accounts each attempt, and leaves no cgroup
+behind on any end path: exit, OOM, cancel, time limit, kill -9 of the daemon and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from oaasd.launchers.binding import instance_of
+from oaasd.launchers.cgroups import detect
+from tests.conftest import REPO, wait_file
+
+PY = "/usr/bin/python3"
+TOUCH = ("import sys; n = int(sys.argv[1]) << 20; x = bytearray(n)\n"
+         "for i in range(0, n, 4096): x[i] = 1\n"
+         "print('OAAS_RESULT {\"touched_mb\": %d}' % (n >> 20))")
+NODE = '[[nodes]]\nname = "n1"\ncpus = 2\nmemory_mb = 2000\n'
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or detect("auto", "oaasd", "probe").kind != "cgroup1",
+                                reason="needs writable cgroup v1 controllers as root (this machine has them)")
+
+
+def instance_dirs(d) -> list[Path]:
+    """The daemon's own cgroup directories (what its attempt cgroups are made in)."""
+    return sorted(set(detect("auto", "oaasd", instance_of(d.state_dir)).dirs.values()))
+
+
+def attempt_cgroups(d) -> list[Path]:
+    """Every attempt cgroup of the daemon that exists now."""
+    return sorted(p for root in instance_dirs(d) if root.is_dir() for p in root.iterdir()
+                  if p.is_dir() and p.name.startswith("a"))
+
+
+def wait_gone(paths: list[Path], timeout: float = 10) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.exists() for p in paths):
+        time.sleep(0.05)
+    assert not [p for p in paths if p.exists()], "cgroups left behind"
+
+
+def wait_running_cgroups(d, task_id: int, timeout: float = 15) -> list[Path]:
+    """The cgroup paths of a task's running attempt, from its view."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        view = d.task(task_id)
+        attempts = view.get("attempts") or []
+        if attempts and attempts[-1]["binding"]:
+            paths = [Path(p) for p in attempts[-1]["binding"]["cgroups"]]
+            assert all(p.is_dir() for p in paths)
+            return paths
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} never showed its cgroups: {d.task(task_id)}")
+
+
+def test_over_its_memory_ends_out_of_memory_never_retried(daemon_factory):
+    d = daemon_factory(NODE)
+    tid = d.submit({"command": [PY, "-c", TOUCH, "400"], "resources": {"cpus": 1, "memory_mb": 100},
+                    "max_retries": 3})
+    view = d.wait(tid)
+    assert view["state"] == "OUT_OF_MEMORY" and view["reason"] == "OutOfMemory", view
+    assert view["attempt_count"] == 1
+    (attempt,) = view["attempts"]
+    assert attempt["state"] == "OUT_OF_MEMORY" and "100 MB" in attempt["message"]
+    assert 90 <= attempt["max_rss_mb"] <= 101
+    assert attempt_cgroups(d) == []
+    metrics = d.request("GET", "/metrics")[1]
+    text = metrics if isinstance(metrics, str) else metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+    assert 'oaasd_failures_total{reason="OutOfMemory",state="OUT_OF_MEMORY"} 1.0' in text
+
+
+def test_accounting_is_on_the_attempt_and_in_status(daemon_factory):
+    d = daemon_factory(NODE)
+    tid = d.submit({"command": [PY, "-c", TOUCH, "200"], "resources": {"cpus": 1, "memory_mb": 1000}})
+    view = d.wait(tid)
+    assert view["state"] == "COMPLETED", view
+    (attempt,) = view["attempts"]
+    assert attempt["max_rss_mb"] >= 150 and attempt["cpu_s"] > 0 and attempt["elapsed_s"] > 0
+    assert attempt["binding"]["enforcement"] == "cgroup1"
+    assert attempt_cgroups(d) == []
+    out = subprocess.run([sys.executable, "-m", "oaasd.cli", "status", str(tid), "--url",
+                          f"http://127.0.0.1:{d.port}"], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("attempt"))
+    assert "max_rss" in line and "cpu" in line and "elapsed" in line
+    metrics = d.request("GET", "/metrics")[1]
+    text = metrics if isinstance(metrics, str) else str(metrics)
+    assert "oaasd_attempt_cpu_seconds_total{user=" in text and "oaasd_attempt_max_rss_mb_count 1.0" in text
+
+
+def test_no_cgroup_left_after_cancel_and_time_limit(daemon_factory):
+    d = daemon_factory(NODE)
+    cancelled = d.submit({"command": ["/bin/sleep", "300"], "resources": {"cpus": 1, "memory_mb": 50}})
+    timed = d.submit({"command": ["/bin/sleep", "300"], "resources": {"cpus": 1, "memory_mb": 50},
+                      "time_limit_s": 1})
+    paths = wait_running_cgroups(d, cancelled) + wait_running_cgroups(d, timed)
+    status, _ = d.request("DELETE", f"/v1/tasks/{cancelled}")
+    assert status in (200, 202)
+    assert d.wait(cancelled)["state"] == "CANCELLED"
+    assert d.wait(timed)["state"] == "TIMEOUT"
+    wait_gone(paths)
+    assert attempt_cgroups(d) == []
+
+
+def test_no_cgroup_left_after_kill9_and_restart(daemon_factory, tmp_path):
+    d = daemon_factory(NODE)
+    gate = tmp_path / "gate"
+    pids = [tmp_path / f"pid{i}" for i in range(3)]
+    script = "echo $$ > {pid}; while [ ! -e {gate} ]; do sleep 0.05; done; echo 'OAAS_RESULT {{\"ok\": 1}}'"
+    adopted = d.submit({"script": script.format(pid=pids[0], gate=gate), "resources": {"cpus": 0.5, "memory_mb": 50}})
+    lost = d.submit({"script": script.format(pid=pids[1], gate=tmp_path / "never"), "resources": {"cpus": 0.5, "memory_mb": 50},
+                     "max_retries": 0})
+    ended = d.submit({"script": script.format(pid=pids[2], gate=tmp_path / "end"),
+                      "resources": {"cpus": 0.5, "memory_mb": 50}})
+    paths = {t: wait_running_cgroups(d, t) for t in (adopted, lost, ended)}
+    pid_of = {t: int(wait_file(p)) for t, p in zip((adopted, lost, ended), pids)}
+    d.stop(signal.SIGKILL)
+    os.killpg(os.getpgid(pid_of[lost]), signal.SIGKILL)  # gone while the daemon is down, no exit record
+    (tmp_path / "end").touch()  # ends while the daemon is down: its exit record waits
+    stale = instance_dirs(d)[0] / "a9999"  # a cgroup whose attempt the crash never recorded
+    stale.mkdir()
+    deadline = time.time() + 10
+    while time.time() < deadline and os.path.exists(f"/proc/{pid_of[ended]}/status") and \
+            "zombie" not in open(f"/proc/{pid_of[ended]}/status").read():
+        time.sleep(0.05)
+    d.start()
+    assert d.wait(lost)["state"] == "NODE_FAIL"
+    assert d.wait(ended)["state"] == "COMPLETED"
+    wait_gone(paths[lost] + paths[ended] + [stale])
+    assert all(p.is_dir() for p in paths[adopted]), "a re-adopted attempt keeps its cgroup"
+    gate.touch()
+    view = d.wait(adopted)
+    assert view["state"] == "COMPLETED" and view["attempt_count"] == 1
+    assert view["attempts"][0]["max_rss_mb"] is not None
+    wait_gone(paths[adopted])
+    assert attempt_cgroups(d) == []

@@ -153,9 +153,12 @@ def test_cgroup_v2_by_the_same_code_path_on_a_fake_tree(tmp_path):
     own = "0::/\n"
     (root / "oaasd").mkdir()
     (root / "oaasd" / "cgroup.subtree_control").write_text("")
+    (root / "oaasd" / "d1").mkdir()
+    (root / "oaasd" / "d1" / "cgroup.subtree_control").write_text("")
     enf = detect("auto", "/oaasd", "d1", mounts=mounts, own=own)
     assert enf.kind == "cgroup2" and enf.dirs["memory"] == root / "oaasd" / "d1"
-    assert (root / "cgroup.subtree_control").read_text() == "+memory +cpu"
+    for level in (root, root / "oaasd", root / "oaasd" / "d1"):  # every level hands memory and cpu down
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +cpu"
     # A real cgroupfs makes the interface files with mkdir; here the group's files are written as plain files.
     group_dir = enf.dirs["memory"] / "a5"
     real_mkdir = Path.mkdir

@@ -101,14 +101,13 @@ def _make_parent(path: Path, v2_mount: Path | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if v2_mount is None:
         return
-    level = v2_mount
-    for part in path.relative_to(v2_mount).parts:
-        control = level / "cgroup.subtree_control"
+    parts = path.relative_to(v2_mount).parts
+    for level in [v2_mount, *(v2_mount.joinpath(*parts[:i + 1]) for i in range(len(parts)))]:
+        control = level / "cgroup.subtree_control"  # down to the parent itself: attempts are its children
         have = control.read_text().split()
         want = [c for c in ("memory", "cpu") if c not in have]
         if want:
             control.write_text(" ".join(f"+{c}" for c in want))
-        level = level / part
 
 
 def detect(mode: str, parent: str, instance: str, mounts: str | None = None, own: str | None = None) -> Enforcement:
@@ -134,12 +133,19 @@ def detect(mode: str, parent: str, instance: str, mounts: str | None = None, own
     elif "memory" in v1:
         dirs = {role: parent_dir(v1[c], mine.get(c, "/"), parent, instance)
                 for role, c in V1_CONTROLLERS.items() if c in v1}
+        notes = []
+        for role in ("cpu", "cpuacct"):  # only memory is required; without these: no quota, no cgroup CPU time
+            try:
+                if role in dirs:
+                    _make_parent(dirs[role])
+            except OSError as exc:
+                notes.append(f" (not {role}: cannot make {dirs.pop(role)}: {exc.strerror or exc})")
         try:
-            for d in dirs.values():
-                _make_parent(d)
-            return Enforcement("cgroup1", "cgroup v1 at " + ", ".join(sorted({str(d) for d in dirs.values()})), dirs)
+            _make_parent(dirs["memory"])
+            where = ", ".join(sorted({str(d) for d in dirs.values()}))
+            return Enforcement("cgroup1", f"cgroup v1 at {where}" + "".join(notes), dirs)
         except OSError as exc:
-            problem = f"cgroup v1: cannot make {exc.filename or dirs['memory']}: {exc.strerror or exc}"
+            problem = f"cgroup v1: cannot make {dirs['memory']}: {exc.strerror or exc}"
     return _fallback(mode, problem)
 
 

@@ -56,7 +56,7 @@ cgroots() {  # MODE PARENT INSTANCE: sets kind (cgroup2|cgroup1|rlimit|none|fail
   m=$(cgmount "")
   if [ -n "$m" ] && grep -qw memory "$m/cgroup.controllers" 2>/dev/null; then
     d=$(cgbase "$m" "$(cgown "")" "$2" "$3")
-    if mkdir -p "$d" 2>/dev/null && cghand "$m" "$d"; then
+    if mkdir -p "$d" 2>/dev/null && [ -w "$d" ] && cghand "$m" "$d"; then
       kind=cgroup2 roots="memory=$d cpuacct=$d cpu=$d" why="cgroup v2 at $d"; return
     fi
     why="cgroup v2: cannot make $d as $(id -un)"
@@ -65,7 +65,7 @@ cgroots() {  # MODE PARENT INSTANCE: sets kind (cgroup2|cgroup1|rlimit|none|fail
     for c in memory cpuacct cpu; do
       m=$(cgmount $c); [ -n "$m" ] || continue
       d=$(cgbase "$m" "$(cgown $c)" "$2" "$3")
-      if ! mkdir -p "$d" 2>/dev/null; then  # only memory is required; without cpu/cpuacct: no quota/accounting
+      if ! mkdir -p "$d" 2>/dev/null || [ ! -w "$d" ]; then  # only memory is required; without cpu/cpuacct: no quota/accounting
         [ $c = memory ] && { why="cgroup v1: cannot make $d as $(id -un)"; break; }
         why="$why (not $c: cannot make $d)"; continue
       fi

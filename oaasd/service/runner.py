@@ -283,6 +283,11 @@ class Runner:
                 out.setdefault(node, []).append(task_id)
         return out
 
+    def local_enforcement(self) -> dict[str, Any]:
+        """What this host enforces for local attempts, and why."""
+        view = getattr(self.launchers.get("local"), "enforcement", None)
+        return view() if view is not None else {"enforcement": "none", "enforcement_reason": "no local launcher"}
+
     async def sweep_cgroups(self) -> None:
         """Remove the local cgroups of attempts this daemon does not run (after recovery re-adopted)."""
         sweep = getattr(self.launchers.get("local"), "sweep", None)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from realnodes import node_toml, ssh_nodes  # noqa: F401  (fixture)
 
 from oaasd.launchers.binding import instance_of
 from oaasd.launchers.cgroups import detect
@@ -140,3 +141,28 @@ def test_no_cgroup_left_after_kill9_and_restart(daemon_factory, tmp_path):
     assert view["attempts"][0]["max_rss_mb"] is not None
     wait_gone(paths[adopted])
     assert attempt_cgroups(d) == []
+
+
+def test_nodes_report_their_enforcement_and_the_ssh_node_enforces_it(daemon_factory, ssh_nodes):
+    cluster = ssh_nodes(1)
+    d = daemon_factory(NODE + node_toml(cluster) + 'labels = { kind = "remote" }\n')  # on the ssh node
+    status, local = d.request("GET", "/v1/nodes/n1")
+    assert status == 200 and local["enforcement"] == "cgroup1" and "cgroup v1 at" in local["enforcement_reason"]
+    name = cluster.nodes[0].name
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        remote = d.request("GET", f"/v1/nodes/{name}")[1]
+        if remote["enforcement"] is not None:
+            break
+        time.sleep(0.1)
+    assert remote["enforcement"] == "rlimit", remote  # the login user oaastest may not make cgroups
+    assert "oaastest" in remote["enforcement_reason"]
+    listed = {n["name"]: n for n in d.request("GET", "/v1/nodes")[1]["items"]}
+    assert listed["n1"]["enforcement"] == "cgroup1" and listed[name]["enforcement"] == "rlimit"
+    tid = d.submit({"command": [PY, "-c", TOUCH, "400"], "resources": {"cpus": 1, "memory_mb": 100},
+                    "labels": {"kind": "remote"}, "max_retries": 0})
+    view = d.wait(tid)
+    assert view["attempts"][0]["node"] == name
+    assert view["state"] == "FAILED" and view["reason"] == "NonZeroExitCode", view  # RLIMIT_AS: no OOM kill
+    assert "MemoryError" in d.request("GET", f"/v1/tasks/{tid}/logs?stream=stderr")[1]
+    assert view["attempts"][0]["cpu_s"] is not None and view["attempts"][0]["binding"] is None

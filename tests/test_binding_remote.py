@@ -116,3 +116,40 @@ def test_delegated_cgroup_on_the_node_enforces_memory_and_accounts(ssh_nodes, tm
     for extra in extras:  # removed on the node once the attempts ended
         assert not any(Path(d).exists() for d in extra["cgroups"].values())
     assert shutil.which("taskset")
+
+
+RANK = ("import os; r = os.environ['OMPI_COMM_WORLD_RANK']; "
+        "mem = [l for l in open('/proc/self/cgroup') if ':memory:' in l][0].strip().rsplit('/', 1)[-1]; "
+        "print('RANK', r, os.environ.get('OAAS_TEST_NODE'), sorted(os.sched_getaffinity(0)), mem)")
+
+
+def test_mpi_ranks_take_their_hosts_binding(ssh_nodes, tmp_path, delegated):
+    from oaasd.launchers.mpi import MpiLauncher, MpiOptions
+    name, made = delegated
+    cluster = ssh_nodes(2)
+    n1, n2 = cluster.nodes
+    adir = tmp_path / "mpi"
+    adir.mkdir()
+    job = LaunchJob(task_id=9, attempt_id=9, argv=[PY, "-c", RANK], env={}, workdir=None, attempt_dir=adir,
+                    hosts=[Host(n1.name, n1.host, 1, Binding(cores=(0,), memory_mb=300)),
+                           Host(n2.name, n2.host, 1, Binding(cores=(1,), memory_mb=300))], workers=2)
+
+    async def main():
+        pool = SshPool(cluster.node_conns(), FAST)
+        launcher = MpiLauncher(pool, MpiOptions(extra_args=cluster.mpi_args(), env={"PMIX_MCA_gds": "hash"}),
+                               binder=RemoteBinder("auto", name, "d1"))
+        try:
+            handle = await launcher.start(job)
+            binds = handle.locator.extra["binds"]
+            return binds, await asyncio.wait_for(handle.wait(), 60)
+        finally:
+            await launcher.close()
+            await pool.close()
+    binds, exit_ = asyncio.run(main())
+    assert exit_.exit_code == 0, job.stderr_path.read_text()
+    lines = sorted(x for x in job.stdout_path.read_text().splitlines() if x.startswith("RANK"))
+    assert lines == [f"RANK 0 {n1.marker} [0] a9-0", f"RANK 1 {n2.marker} [1] a9-1"]
+    assert set(binds) == {n1.name, n2.name}
+    assert exit_.cpu_s is not None and exit_.max_rss_mb is not None
+    for bind in binds.values():
+        assert not any(Path(d).exists() for d in bind["cgroups"].values())

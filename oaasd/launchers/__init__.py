@@ -45,10 +45,11 @@ def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[s
     pool = SshPool({n.name: node_conn(n, settings) for n in nodes if n.launcher != "local"}, options)
     b, instance = settings.binding, instance_of(settings.state_path)
     local = LocalLauncher(accounts, Enforcer(b.enforce, b.cgroup_parent, instance))
+    binder = RemoteBinder(b.enforce, b.cgroup_parent, instance)
     mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args),
                                      env=dict(settings.mpi.env)),
-                      local=local)
-    return {"local": local, "ssh": SshLauncher(pool, accounts=accounts, binder=RemoteBinder(b.enforce, b.cgroup_parent, instance)), "mpi": mpi}, pool
+                      local=local, binder=binder)
+    return {"local": local, "ssh": SshLauncher(pool, accounts=accounts, binder=binder), "mpi": mpi}, pool
 
 
 def launcher_kind(node_kinds: list[str], workers: int) -> str:

@@ -303,7 +303,7 @@ async def sweep(enf: Enforcement, keep: set[str]) -> list[str]:
     names: set[str] = set()
     for d in set(enf.dirs.values()):
         try:
-            names.update(p.name for p in d.iterdir() if p.is_dir() and p.name.startswith("a"))
+            names.update(p.name for p in d.iterdir() if p.is_dir() and p.name[:1] == "a" and p.name[1:].isdigit())
         except OSError:
             continue
     gone = sorted(names - keep)

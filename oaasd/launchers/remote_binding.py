@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from oaasd.launchers.binding import core_list
 from oaasd.launchers.cgroups import CPU_PERIOD_US, CgroupError
 from oaasd.launchers.pool import SshPool
-from oaasd.ports import Binding, Exit
+from oaasd.ports import Binding, Exit, Host
 
 BIND_SH = r'''
 cgmount() {  # CONTROLLER ("" = v2): its mount point
@@ -155,6 +155,44 @@ class RemoteBound:
         return {"cgroup": self.kind, "cgroups": self.dirs} if self.dirs else {}
 
 
+# An MPI rank's wrapper (run by orted on its host): its line of the rank table is the
+# binding of the host the rank was mapped to. Parameters: N, then N lines of FIRST LAST
+# CPUS PROCS VMEM_KB GPUS (GPUS: "-" for none, else VENDOR:LIST), then the rank's argv.
+RANK_SH = r"""
+n=$1; shift; r=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}; c= g= v= u=-
+while [ "$n" -gt 0 ]; do
+  if [ "$r" -ge "$1" ] && [ "$r" -le "$2" ]; then c=$3 g=$4 v=$5 u=$6; fi
+  shift 6; n=$((n-1))
+done
+for f in $g; do
+  { echo $$ > "$f"; } 2>/dev/null || { echo "oaasd: rank $r cannot join cgroup $f" >&2; exit 126; }
+done
+if [ -n "$c" ] && ! taskset -pc "$c" $$ >/dev/null 2>&1; then echo "oaasd: rank $r cannot take cores $c" >&2; exit 126; fi
+if [ -n "$v" ] && ! ulimit -v "$v" 2>/dev/null; then echo "oaasd: rank $r cannot set RLIMIT_AS $v KiB" >&2; exit 126; fi
+case $u in
+  nvidia:*) CUDA_VISIBLE_DEVICES=${u#*:}; export CUDA_VISIBLE_DEVICES;;
+  amd:*) ROCR_VISIBLE_DEVICES=${u#*:} HIP_VISIBLE_DEVICES=${u#*:}; export ROCR_VISIBLE_DEVICES HIP_VISIBLE_DEVICES;;
+esac
+exec "$@"
+"""
+
+
+def rank_argv(hosts: list[Host], bound: dict[str, RemoteBound], argv: list[str],
+              gpu_nodes: frozenset[str] = frozenset()) -> list[str]:
+    """Each rank's argv: the rank wrapper with one table line per host, in hostfile order (ranks
+    are mapped by slot: host i holds the ranks after the slots of the hosts before it)."""
+    table, first = [], 0
+    for h in hosts:
+        b = bound.get(h.node)
+        wrap = b.wrap if b is not None else {"cpus": "", "procs": "", "vmem_kb": ""}
+        gpus = "-"
+        if h.binding.gpus or h.node in gpu_nodes:
+            gpus = f"{h.binding.gpu_vendor}:" + ",".join(str(g) for g in h.binding.gpus)
+        table += [str(first), str(first + h.slots - 1), wrap["cpus"], wrap["procs"], wrap["vmem_kb"], gpus]
+        first += h.slots
+    return ["/bin/sh", "-c", RANK_SH, "oaas-rank", str(len(hosts)), *table, *argv]
+
+
 class RemoteBinder:
     """Sets up and tears down attempts' bindings on SSH nodes; ``mode``/``parent``/``instance`` as ``Enforcer``."""
 
@@ -178,11 +216,11 @@ class RemoteBinder:
         kind, _, why = res.stdout.decode().strip().splitlines()[-1].partition(" ")
         return {"enforcement": "none" if kind == "fail" else kind, "enforcement_reason": why}
 
-    async def prepare(self, pool: SshPool, node: str, attempt_id: int, binding: Binding,
+    async def prepare(self, pool: SshPool, node: str, name: str, binding: Binding,
                       owner: str | None) -> RemoteBound:
-        """Make the attempt's cgroup on ``node``; CgroupError (naming the path) when it cannot be made."""
+        """Make the attempt's cgroup ``name`` on ``node``; CgroupError (naming the path) when it cannot be made."""
         quota = max(1000, round(binding.cpu_quota * CPU_PERIOD_US)) if binding.cpu_quota else 0
-        res = await pool.run(node, bind_command("bind", self.mode, self.parent, self.instance, f"a{attempt_id}",
+        res = await pool.run(node, bind_command("bind", self.mode, self.parent, self.instance, name,
                                                 binding.memory_mb << 20, quota, owner or ""))
         kind, _, rest = res.stdout.decode().strip().splitlines()[-1].partition(" ")
         if kind == "fail":

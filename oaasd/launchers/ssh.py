@@ -400,7 +400,7 @@ class SshLauncher:
         launch = self.accounts.launch
         pairs = env_pairs(job.env)  # validated before anything is made on the node
         await self.binder.retry(self.pool, node)
-        bound = await self.binder.prepare(self.pool, node, job.attempt_id, job.hosts[0].binding, run_as)
+        bound = await self.binder.prepare(self.pool, node, f"a{job.attempt_id}", job.hosts[0].binding, run_as)
         cmd = remote_command("launch", remote_dir(self.pool, node, job), tag, launch.path, launch.lang,
                              len(launch.pass_env), *launch.pass_env, *pairs,
                              *wrap_argv(list(job.argv), job.workdir, **bound.wrap), run_as=run_as)

@@ -132,21 +132,22 @@ class EndedHandle:
 
 
 def _identity(job: LaunchJob, who: RunAs | None) -> dict:
-    """Popen's account switch (before exec) and the directory the wrapper starts in."""
-    if who is None:  # single-user: the daemon's account and working directory, as always
-        return {}
+    """Popen's account switch (before exec) and the directory the wrapper starts in (the attempt's)."""
+    if who is None:  # single-user: the daemon's account, starting in the attempt directory
+        return {"cwd": job.attempt_dir}
     # The workdir is entered by the wrapper, after the switch: the child's chdir
     # would still run as root. The attempt dir is the task's own.
     return {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups), "cwd": job.attempt_dir}
 
 
 def default_workdir(job: LaunchJob, who: RunAs | None) -> str:
-    """The task's workdir, else its Unix account's home when it has one, else the attempt directory."""
+    """The directory the wrapper enters: the task's workdir, else its Unix account's home when it
+    has one; "" (none) leaves it in the attempt directory, where ``Popen`` starts it."""
     if job.workdir:
         return job.workdir
     if who is not None and os.path.isdir(who.home):
         return who.home
-    return str(job.attempt_dir)
+    return ""  # entered by path it might not be: the account may not traverse the state dir's parents
 
 
 class LocalLauncher:

@@ -96,8 +96,8 @@ def bench_daemon(tmp: Path, n: int) -> None:
     try:
         for d in daemons.values():
             d.start()
-        for _ in range(n):
-            for mode, d in daemons.items():
+        for i in range(n):
+            for mode, d in sorted(daemons.items(), reverse=bool(i % 2)):  # alternate which goes first
                 t0 = time.time()
                 tid = d.submit({"command": ["/bin/date", "+%s.%N"], "require_result": False,
                                 "resources": {"cpus": 1, "memory_mb": 100}})
@@ -117,11 +117,15 @@ def bench_daemon(tmp: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["setup", "launch", "daemon"], help="one part only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        bench_setup(50 if args.quick else 500)
-        bench_launch(Path(tmp) / "launch", 20 if args.quick else 200)
-        bench_daemon(Path(tmp) / "daemon", 10 if args.quick else 100)
+        if args.only in (None, "setup"):
+            bench_setup(50 if args.quick else 500)
+        if args.only in (None, "launch"):
+            bench_launch(Path(tmp) / "launch", 20 if args.quick else 200)
+        if args.only in (None, "daemon"):
+            bench_daemon(Path(tmp) / "daemon", 10 if args.quick else 100)
 
 
 if __name__ == "__main__":

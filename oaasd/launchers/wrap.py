@@ -41,12 +41,12 @@ BIND = "bind"  # the exit record of an attempt whose binding could not be applie
 # period and the wrapper still records how it ended.
 WRAP_SCRIPT = f"""trap : TERM INT HUP
 w=$1 c=$2 g=$3 v=$4; shift 4
-for f in $g; do
-  {{ echo $$ > "$f"; }} 2>/dev/null || {{ echo "oaasd: cannot join cgroup $f" >&2; echo "{BIND} cgroup $f" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}; }}
-done
 if [ -n "$c" ] && ! taskset -pc "$c" $$ >/dev/null 2>&1; then
   echo "oaasd: cannot set CPU affinity $c" >&2; echo "{BIND} affinity $c" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
 fi
+for f in $g; do
+  {{ echo $$ > "$f"; }} 2>/dev/null || {{ echo "oaasd: cannot join cgroup $f" >&2; echo "{BIND} cgroup $f" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}; }}
+done
 if [ -n "$v" ] && ! ulimit -v "$v" 2>/dev/null; then
   echo "oaasd: cannot set RLIMIT_AS $v KiB" >&2; echo "{BIND} rlimit $v" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
 fi

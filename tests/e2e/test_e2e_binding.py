@@ -166,3 +166,19 @@ def test_nodes_report_their_enforcement_and_the_ssh_node_enforces_it(daemon_fact
     assert view["state"] == "FAILED" and view["reason"] == "NonZeroExitCode", view  # RLIMIT_AS: no OOM kill
     assert "MemoryError" in d.request("GET", f"/v1/tasks/{tid}/logs?stream=stderr")[1]
     assert view["attempts"][0]["cpu_s"] is not None and view["attempts"][0]["binding"] is None
+
+
+def test_two_one_cpu_tasks_run_on_distinct_cores(daemon_factory, tmp_path):
+    """Through placement: needs Cluster.hosts_of to fill Host.binding (issue 14 part P); skipped before."""
+    d = daemon_factory(NODE)
+    gate = tmp_path / "gate"
+    code = (f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+            "print('OAAS_RESULT {\"cores\": %s}' % sorted(os.sched_getaffinity(0)))")
+    tids = [d.submit({"command": [PY, "-c", code], "resources": {"cpus": 1}}) for _ in range(2)]
+    for tid in tids:
+        d.wait(tid, {"RUNNING"})
+    gate.touch()
+    cores = [d.wait(t)["result"]["cores"] for t in tids]
+    if all(c == sorted(os.sched_getaffinity(0)) for c in cores):
+        pytest.skip("placement does not bind cores yet (Host.binding is filled by part P)")
+    assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores

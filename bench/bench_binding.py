@@ -104,7 +104,7 @@ def bench_daemon(tmp: Path, n: int) -> None:
                 view = d.wait(tid)
                 _, text = d.request("GET", f"/v1/tasks/{tid}/logs")
                 lat[mode].append((float(text.strip()) - t0) * 1000)
-                assert (view["attempts"][0]["binding"] is not None) == (mode == "auto"), view
+                assert (view["attempts"][0]["enforced"] is not None) == (mode == "auto"), view
     finally:
         for d in daemons.values():
             d.stop()

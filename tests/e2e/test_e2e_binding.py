@@ -51,8 +51,8 @@ def wait_running_cgroups(d, task_id: int, timeout: float = 15) -> list[Path]:
     while time.time() < deadline:
         view = d.task(task_id)
         attempts = view.get("attempts") or []
-        if attempts and attempts[-1]["binding"]:
-            paths = [Path(p) for p in attempts[-1]["binding"]["cgroups"]]
+        if attempts and attempts[-1]["enforced"]:
+            paths = [Path(p) for p in attempts[-1]["enforced"]["cgroups"]]
             assert all(p.is_dir() for p in paths)
             return paths
         time.sleep(0.05)
@@ -82,7 +82,7 @@ def test_accounting_is_on_the_attempt_and_in_status(daemon_factory):
     assert view["state"] == "COMPLETED", view
     (attempt,) = view["attempts"]
     assert attempt["max_rss_mb"] >= 150 and attempt["cpu_s"] > 0 and attempt["elapsed_s"] > 0
-    assert attempt["binding"]["enforcement"] == "cgroup1"
+    assert attempt["enforced"]["enforcement"] == "cgroup1"
     assert attempt_cgroups(d) == []
     out = subprocess.run([sys.executable, "-m", "oaasd.cli", "status", str(tid), "--url",
                           f"http://127.0.0.1:{d.port}"], capture_output=True, text=True, cwd=REPO,
@@ -165,7 +165,7 @@ def test_nodes_report_their_enforcement_and_the_ssh_node_enforces_it(daemon_fact
     assert view["attempts"][0]["node"] == name
     assert view["state"] == "FAILED" and view["reason"] == "NonZeroExitCode", view  # RLIMIT_AS: no OOM kill
     assert "MemoryError" in d.request("GET", f"/v1/tasks/{tid}/logs?stream=stderr")[1]
-    assert view["attempts"][0]["cpu_s"] is not None and view["attempts"][0]["binding"] is None
+    assert view["attempts"][0]["cpu_s"] is not None and view["attempts"][0]["enforced"] is None
 
 
 def test_two_one_cpu_tasks_run_on_distinct_cores(daemon_factory, tmp_path):

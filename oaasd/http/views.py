@@ -69,6 +69,13 @@ class TaskSummary(View):
         None, description="PENDING only: how many nodes each placement check rejected")
 
 
+class EnforcedView(View):
+    """The cgroup an attempt ran in."""
+
+    enforcement: Literal["cgroup1", "cgroup2"]
+    cgroups: list[str] = Field(description="its directories (one per hierarchy in v1)")
+
+
 class HistoryEntry(View):
     """One recorded state change."""
 
@@ -77,13 +84,6 @@ class HistoryEntry(View):
     new: State
     reason: str | None
     message: str | None
-
-
-class EnforcedView(View):
-    """The cgroup an attempt ran in."""
-
-    enforcement: Literal["cgroup1", "cgroup2"]
-    cgroups: list[str] = Field(description="its directories (one per hierarchy in v1)")
 
 
 class AttemptView(View):

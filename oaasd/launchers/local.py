@@ -93,7 +93,10 @@ class LocalHandle:
         """Wait for the group leader, reap it, clear the rest of its group, settle its cgroup."""
         pid = self.locator.pid
         await wait_pidfd(pid)
-        status, rss, cpu = reap(self._popen) if self._popen is not None else (None, None, None)
+        try:
+            status, rss, cpu = reap(self._popen) if self._popen is not None else (None, None, None)
+        except ChildProcessError:  # reaped elsewhere: its exit record still tells
+            status, rss, cpu = None, None, None
         kill_group(pid, signal.SIGKILL)  # nothing of the attempt outlives it
         recorded = read_exit_file(self.job.exit_path)
         if recorded is None and status is not None:

@@ -219,6 +219,8 @@ class RemoteBinder:
     async def prepare(self, pool: SshPool, node: str, name: str, binding: Binding,
                       owner: str | None) -> RemoteBound:
         """Make the attempt's cgroup ``name`` on ``node``; CgroupError (naming the path) when it cannot be made."""
+        if self.mode == "none":  # nothing to make or apply: no round trip
+            return RemoteBound("none", {}, {"cpus": "", "procs": "", "vmem_kb": ""})
         quota = max(1000, round(binding.cpu_quota * CPU_PERIOD_US)) if binding.cpu_quota else 0
         res = await pool.run(node, bind_command("bind", self.mode, self.parent, self.instance, name,
                                                 binding.memory_mb << 20, quota, owner or ""))

@@ -162,6 +162,21 @@ def daemon_factory(tmp_path):
         remove_cgroups_of(d.state_dir)
 
 
+def cgroup_v1_writable() -> bool:
+    """Whether this host gives root writable cgroup v1 controllers (the probe leaves no directory)."""
+    from oaasd.launchers.cgroups import detect
+    if os.geteuid() != 0:
+        return False
+    enf = detect("auto", "oaasd-probe", "probe")
+    for d in set(enf.dirs.values()):
+        for level in (d, d.parent):
+            try:
+                level.rmdir()
+            except OSError:
+                pass
+    return enf.kind == "cgroup1"
+
+
 def remove_cgroups_of(state_dir: Path) -> None:
     """Remove the attempt cgroups a test daemon left (its tasks were killed after it stopped)."""
     from oaasd.launchers.binding import instance_of

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cgroup_v1_writable
+
 from oaasd.launchers.binding import Enforcer, gpu_env, instance_of
 from oaasd.launchers.cgroups import AttemptGroup, CgroupError, Enforcement, detect
 from oaasd.launchers.local import LocalLauncher
@@ -19,7 +21,7 @@ TOUCH = ("import os, sys; n = int(sys.argv[1]) << 20; x = bytearray(n)\n"
          "for i in range(0, n, 4096): x[i] = 1\n"
          "print('OAAS_RESULT', sorted(os.sched_getaffinity(0)))")
 
-needs_cgroup = pytest.mark.skipif(detect("auto", "oaasd-test", "probe").kind != "cgroup1" or os.geteuid() != 0,
+needs_cgroup = pytest.mark.skipif(not cgroup_v1_writable(),
                                   reason="needs writable cgroup v1 controllers as root (this machine has them)")
 
 

@@ -15,8 +15,9 @@ try:
     from realnodes import missing_components, node_accounts, ssh_nodes  # noqa: F401  (fixture)
 except ImportError:  # run as a package
     from tests.realnodes import missing_components, node_accounts, ssh_nodes  # noqa: F401
+from conftest import cgroup_v1_writable
 
-from oaasd.launchers.cgroups import OWN, CgroupError, _own, detect
+from oaasd.launchers.cgroups import OWN, CgroupError, _own
 from oaasd.launchers.pool import SshOptions, SshPool
 from oaasd.launchers.remote_binding import RemoteBinder
 from oaasd.launchers.ssh import SshLauncher
@@ -79,7 +80,7 @@ def test_remote_cgroup_set_up_failure_names_the_path(ssh_nodes, tmp_path):
 @pytest.fixture
 def delegated():
     """A cgroup parent handed to the test login user in the v1 memory and cpuacct hierarchies."""
-    if os.geteuid() != 0 or detect("auto", "oaasd-test", "probe").kind != "cgroup1":
+    if not cgroup_v1_writable():
         pytest.skip("needs writable cgroup v1 controllers as root")
     import pwd
     uid = pwd.getpwnam("oaastest").pw_uid

@@ -117,12 +117,13 @@ class Enforcer:
         return gone
 
     def close(self) -> None:
-        """Remove this daemon's instance directories when no attempt cgroup is left in them."""
+        """Remove this daemon's instance directories, and the parent, when no cgroup is left in them."""
         enf = self._enforcement
         if enf is None:
             return
         for d in set(enf.dirs.values()):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+            for level in (d, d.parent):  # rmdir fails on a directory still holding cgroups: others' are safe
+                try:
+                    level.rmdir()
+                except OSError:
+                    break

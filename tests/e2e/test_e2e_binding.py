@@ -15,7 +15,7 @@ from realnodes import node_toml, ssh_nodes  # noqa: F401  (fixture)
 
 from oaasd.launchers.binding import instance_of
 from oaasd.launchers.cgroups import detect
-from tests.conftest import REPO, wait_file
+from tests.conftest import REPO, cgroup_v1_writable, wait_file
 
 PY = "/usr/bin/python3"
 TOUCH = ("import sys; n = int(sys.argv[1]) << 20; x = bytearray(n)\n"
@@ -23,7 +23,7 @@ TOUCH = ("import sys; n = int(sys.argv[1]) << 20; x = bytearray(n)\n"
          "print('OAAS_RESULT {\"touched_mb\": %d}' % (n >> 20))")
 NODE = '[[nodes]]\nname = "n1"\ncpus = 2\nmemory_mb = 2000\n'
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or detect("auto", "oaasd", "probe").kind != "cgroup1",
+pytestmark = pytest.mark.skipif(not cgroup_v1_writable(),
                                 reason="needs writable cgroup v1 controllers as root (this machine has them)")
 
 

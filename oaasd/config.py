@@ -324,6 +324,15 @@ class LaunchConfig(Section):
         return v
 
 
+class BindingConfig(Section):
+    """``[binding]``: how a node enforces what placement decided (cgroups, affinity, rlimits)."""
+
+    enforce: Literal["auto", "cgroup", "rlimit", "none"] = Field(
+        "auto", description="auto: cgroup v2, else v1, else rlimits; cgroup: fail launches without one")
+    cgroup_parent: str = Field("oaasd", pattern=r"^/?[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$",
+                               description="relative: under the daemon's own cgroup; absolute: from the root")
+
+
 class UserConfig(Section):
     """``[[users]]``: one API user and the hash of their token (``oaasd token hash``)."""
 
@@ -358,6 +367,7 @@ class Settings(Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     users: list[UserConfig] = Field(default_factory=list)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    binding: BindingConfig = Field(default_factory=BindingConfig)
 
     @property
     def auth_on(self) -> bool:

@@ -105,6 +105,9 @@ class Exit:
     ``lost`` means the launcher could not learn the outcome (process gone
     without an exit record, connection dropped, node unreachable): the
     result reporter treats it as a node failure, never as success.
+    ``oom``: the attempt's cgroup counted an OOM kill (it ends OUT_OF_MEMORY).
+    ``max_rss_mb`` and ``cpu_s`` (user + system) are its accounting, None
+    when unknown (sacct's MaxRSS and TotalCPU).
     """
 
     exit_code: int | None
@@ -112,6 +115,9 @@ class Exit:
     lost: bool = False
     reason: str | None = None
     fault: str | None = None  # a Reason blaming the task itself (BadWorkdir): final, never retried
+    oom: bool = False
+    max_rss_mb: float | None = None
+    cpu_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -159,6 +159,54 @@ def daemon_factory(tmp_path):
         except subprocess.TimeoutExpired:
             d.stop(signal.SIGKILL)
         kill_tasks_of(d.state_dir)
+        remove_cgroups_of(d.state_dir)
+
+
+def cgroup_v1_writable() -> bool:
+    """Whether this host gives root writable cgroup v1 controllers (the probe leaves no directory)."""
+    from oaasd.launchers.cgroups import detect
+    if os.geteuid() != 0:
+        return False
+    enf = detect("auto", "oaasd-probe", "probe")
+    for d in set(enf.dirs.values()):
+        for level in (d, d.parent):
+            try:
+                level.rmdir()
+            except OSError:
+                pass
+    return enf.kind == "cgroup1"
+
+
+def remove_cgroups_of(state_dir: Path) -> None:
+    """Remove the attempt cgroups a test daemon left (its tasks were killed after it stopped)."""
+    from oaasd.launchers.binding import instance_of
+    from oaasd.launchers.cgroups import MOUNTS, OWN, _mounts, _own, parent_dir
+    try:
+        v2, v1 = _mounts(MOUNTS.read_text())
+        own = _own(OWN.read_text())
+    except OSError:
+        return
+    roots = [parent_dir(m, own.get(c, "/"), "oaasd", instance_of(state_dir)) for c, m in v1.items()]
+    roots += [parent_dir(v2, own.get("", "/"), "oaasd", instance_of(state_dir))] if v2 else []
+    for root in roots:
+        for group in (root.glob("a*") if root.is_dir() else []):
+            for _ in range(100):
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    for pid in (group / "cgroup.procs").read_text().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    time.sleep(0.01)
+        try:
+            root.rmdir()
+        except OSError:
+            pass
 
 
 def kill_tasks_of(state_dir: Path) -> None:

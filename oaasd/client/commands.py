@@ -244,12 +244,20 @@ def task_lines(view: dict[str, Any], now: float) -> list[str]:
              ("submitted", when(view.get("submitted_at"), now)), ("started", when(view.get("started_at"), now)),
              ("ended", when(view.get("ended_at"), now))]
     pairs += [("attempt", f"{a['attempt']} on {a['node']}: {a['state']}"
-                          + (f" exit {a['exit_code']}" if a.get("exit_code") is not None else ""))
+                          + (f" exit {a['exit_code']}" if a.get("exit_code") is not None else "") + usage_of(a))
               for a in view.get("attempts", [])]
     progress = progress_of(view.get("metrics", []))
     pairs += [("progress", progress and f"{progress[0]:.0%} {progress[1]}".rstrip()),
               ("result", view.get("result") and json.dumps(view["result"]))]
     return [f"{k:<10}  {printable(str(v))}" for k, v in pairs if v not in (None, "")]
+
+
+def usage_of(attempt: dict[str, Any]) -> str:
+    """An attempt's accounting as sacct shows it: MaxRSS, TotalCPU, Elapsed ('' when not measured)."""
+    parts = [f"{name} {attempt[key]:g}{unit}" for key, name, unit in
+             (("max_rss_mb", "max_rss", " MB"), ("cpu_s", "cpu", " s"), ("elapsed_s", "elapsed", " s"))
+             if attempt.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

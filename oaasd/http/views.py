@@ -69,6 +69,13 @@ class TaskSummary(View):
         None, description="PENDING only: how many nodes each placement check rejected")
 
 
+class EnforcedView(View):
+    """The cgroup an attempt ran in."""
+
+    enforcement: Literal["cgroup1", "cgroup2"]
+    cgroups: list[str] = Field(description="its directories (one per hierarchy in v1)")
+
+
 class HistoryEntry(View):
     """One recorded state change."""
 
@@ -107,6 +114,10 @@ class AttemptView(View):
     stdout_read_bytes: int = Field(description="stdout.log read for OAAS_ lines up to here (as last stored)")
     metrics_stored: int
     metrics_dropped: int = Field(description="OAAS_METRIC lines beyond reporting.max_metrics_per_attempt")
+    max_rss_mb: float | None = Field(description="peak memory, MB (sacct MaxRSS); null when not measured")
+    cpu_s: float | None = Field(description="user + system CPU seconds (sacct TotalCPU); null when not measured")
+    elapsed_s: float | None = Field(description="wall seconds from start to end (sacct Elapsed); null while running")
+    enforced: EnforcedView | None = Field(description="the cgroup the attempt ran in; null: none (rlimit or nothing)")
     notes: list[str] = Field(description="what the daemon did not keep of this attempt's output, and why")
 
 
@@ -184,6 +195,9 @@ class NodeSummary(View):
     gpu_devices: list[GpuDeviceView]
     running: list[int] = Field(description="tasks with an attempt on the node (a non-admin sees only their own)")
     running_count: int = Field(description="how many tasks have an attempt on the node, whoever owns them")
+    enforcement: Literal["cgroup2", "cgroup1", "rlimit", "none"] | None = Field(
+        description="how the node enforces bindings; null for a remote node not probed yet")
+    enforcement_reason: str = Field(description="why: the cgroup directories, or what is missing")
 
 
 class NodeView(NodeSummary):

@@ -6,9 +6,11 @@ import logging
 
 from oaasd.config import NodeConfig, Settings
 from oaasd.launchers.accounts import Accounts, closed_ancestor
+from oaasd.launchers.binding import Enforcer, instance_of
 from oaasd.launchers.local import LocalLauncher
 from oaasd.launchers.mpi import MpiLauncher, MpiOptions
 from oaasd.launchers.pool import NodeConn, SshOptions, SshPool
+from oaasd.launchers.remote_binding import RemoteBinder
 from oaasd.launchers.ssh import SshLauncher
 from oaasd.ports import Launcher
 
@@ -41,11 +43,13 @@ def build_launchers(settings: Settings, nodes: list[NodeConfig]) -> tuple[dict[s
                          keepalive_count_max=s.keepalive_count_max, command_timeout_s=s.command_timeout_s,
                          lost_grace_s=s.lost_grace_s, work_root=s.work_root)
     pool = SshPool({n.name: node_conn(n, settings) for n in nodes if n.launcher != "local"}, options)
-    local = LocalLauncher(accounts)
+    b, instance = settings.binding, instance_of(settings.state_path)
+    local = LocalLauncher(accounts, Enforcer(b.enforce, b.cgroup_parent, instance))
+    binder = RemoteBinder(b.enforce, b.cgroup_parent, instance)
     mpi = MpiLauncher(pool, MpiOptions(mpirun=settings.mpi.mpirun, extra_args=tuple(settings.mpi.args),
                                      env=dict(settings.mpi.env)),
-                      local=local)
-    return {"local": local, "ssh": SshLauncher(pool, accounts=accounts), "mpi": mpi}, pool
+                      local=local, binder=binder)
+    return {"local": local, "ssh": SshLauncher(pool, accounts=accounts, binder=binder), "mpi": mpi}, pool
 
 
 def launcher_kind(node_kinds: list[str], workers: int) -> str:

@@ -19,6 +19,14 @@ the ranks get only the task's variables, through ``-x``. On a shared daemon
 an MPI attempt is refused: its remote ranks would run as the nodes' login
 user, not as the task's account (``config.launch_problems`` refuses ``mpi``
 nodes there, and ``start`` any gang that would still come this way).
+
+Each host carries out its own binding: its cgroup (``a<attempt>-<host index>``)
+is made by its login user before mpirun starts, and every rank runs under
+the rank wrapper (``remote_binding.RANK_SH``), which finds its host's line
+by its rank (ranks are mapped by slot in hostfile order; ``[mpi] args``
+that map otherwise get no per-rank binding), joins that cgroup, takes its
+cores and exec's the program. After the end each host's cgroup is read for
+accounting and OOM kills and removed.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from oaasd.launchers.local import (
     wait_pidfd,
 )
 from oaasd.launchers.pool import NodeConn, NodeError, SshOptions, SshPool
+from oaasd.launchers.remote_binding import RemoteBinder, RemoteBound, rank_argv
 from oaasd.launchers.ssh import (
     FETCH_MARK,
     env_pairs,
@@ -131,6 +140,7 @@ class MpiHandle:
             lost = "; ".join(f"node {n} unreachable: {why}" for n, why in self._down.items())
         await self._sweep(-1)
         await self._fetch_result()
+        exit = await self.launcher.settle(self.locator.extra, exit, self._down)
         if lost is not None:  # a crashed host ends mpirun with 255: a node failure, not the task's
             return Exit(exit_code=None, lost=True, reason=lost)
         return exit
@@ -236,11 +246,13 @@ class MpiLauncher:
     """Runs ``workers``-rank attempts with mpirun over the hosts of a placement."""
 
     def __init__(self, nodes: SshPool | Mapping[str, NodeConn], options: MpiOptions | None = None,
-                 ssh_options: SshOptions | None = None, local: LocalLauncher | None = None):
+                 ssh_options: SshOptions | None = None, local: LocalLauncher | None = None,
+                 binder: RemoteBinder | None = None):
         self._owns_pool = not isinstance(nodes, SshPool)  # share the SshLauncher's pool when given one
         self.pool = SshPool(nodes, ssh_options) if self._owns_pool else nodes
         self.options = options or MpiOptions()
         self.local = local or LocalLauncher()
+        self.binder = binder or RemoteBinder("none")
         self._deferred: dict[str, set[str]] = {}
 
     def defer_sweep(self, node: str, tag: str) -> None:
@@ -288,17 +300,56 @@ class MpiLauncher:
         paths = await asyncio.gather(*(self.pool.run(n, remote_command("prepare", remote_dir(self.pool, n, job), text))
                                        for n in nodes))
         dirs = {n: p.stdout.decode().strip() for n, p in zip(nodes, paths)}
+        bound = await self._bind(job)
+        binds = {n: b.extra() for n, b in bound.items() if b.extra()}
+        if not any("map-by" in a or "rankfile" in a for a in self.options.extra_args):
+            job = dataclasses.replace(job, argv=rank_argv(list(job.hosts), bound, list(job.argv)))
+        elif bound:
+            log.warning("attempt %s: [mpi] args map ranks themselves: no per-rank binding", job.attempt_id)
         tag = new_tag(job)
         first = dirs[nodes[0]]  # rank 0 runs on the first host; homes alike -> the same path elsewhere
         env = {**dict(p.split("=", 1) for p in pairs), "OAAS_LAUNCH_TAG": tag,
                "OAAS_RESULT_FILE": f"{first}/result.json", "OAAS_HOSTFILE": f"{first}/hostfile"}
         argv = self.mpirun_argv(job, str(hostfile), tag, list(env))
         local_job = dataclasses.replace(job, argv=argv, env={**self.options.env, **env}, workdir=str(job.attempt_dir))
-        handle = await self.local.start(local_job)
+        try:
+            handle = await self.local.start(local_job, bind=False)  # mpirun itself is not the ranks
+        except BaseException:
+            await self.settle({"binds": binds}, Exit(exit_code=None, lost=True), {})
+            raise
         locator = Locator(pid=handle.locator.pid, start_time=handle.locator.start_time,
-                          extra={"kind": "mpi", "tag": tag, "dirs": dirs, "argv": shlex.join(argv)})
+                          extra={"kind": "mpi", "tag": tag, "dirs": dirs, "argv": shlex.join(argv), "binds": binds})
         handle.locator = locator
         return MpiHandle(self, job, handle, locator)
+
+    async def _bind(self, job: LaunchJob) -> dict[str, RemoteBound]:
+        """Make each host's cgroup (one per host, named by its index); on a failure remove the ones made."""
+        bound: dict[str, RemoteBound] = {}
+        try:
+            for i, h in enumerate(job.hosts):
+                bound[h.node] = await self.binder.prepare(self.pool, h.node, f"a{job.attempt_id}-{i}", h.binding, None)
+        except BaseException:
+            await self.settle({"binds": {n: b.extra() for n, b in bound.items()}}, Exit(exit_code=None, lost=True), {})
+            raise
+        return bound
+
+    async def settle(self, extra: dict, exit_: Exit, down: Mapping[str, str]) -> Exit:
+        """Fold every host's cgroup accounting into ``exit_`` (OOM on any host, peak of the largest,
+        CPU summed) and remove them; hosts that are down have theirs removed when they answer."""
+        rss, cpu, oom = None, None, exit_.oom  # mpirun's own rusage is not the ranks': none without cgroups
+        for node, bind in extra.get("binds", {}).items():
+            if node in down:
+                self.binder.later(node, bind)
+                continue
+            try:
+                got = await self.binder.settle(self.pool, node, bind, exit_)
+            except NodeError:
+                self.binder.later(node, bind)
+                continue
+            oom = oom or got.oom
+            rss = got.max_rss_mb if rss is None else max(rss, got.max_rss_mb or 0)
+            cpu = got.cpu_s if cpu is None else cpu + (got.cpu_s or 0)
+        return dataclasses.replace(exit_, oom=oom, max_rss_mb=rss, cpu_s=cpu)
 
     async def adopt(self, job: LaunchJob, locator: Locator) -> MpiHandle | None:
         """Reattach to a live mpirun, or to one that ended leaving its exit record
@@ -308,6 +359,7 @@ class MpiLauncher:
         if handle is None:
             sweeper = MpiHandle(self, job, LocalHandle(job, locator, None), locator)
             await sweeper._sweep(-1)
+            await self.settle(locator.extra, Exit(exit_code=None, lost=True), {})
             return None
         return MpiHandle(self, job, handle, locator)
 

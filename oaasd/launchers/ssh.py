@@ -26,6 +26,12 @@ the remote attempt directory and processes are that account's.
 Every process of an attempt carries ``OAAS_LAUNCH_TAG`` in its environment:
 kill and cleanup signal the process group *and* every tagged process, so a
 task that calls ``setsid`` itself still cannot outlive its attempt.
+
+The node carries out the attempt's binding (``remote_binding``): its cgroup
+is made by the login user before the launch, the wrapper joins it and takes
+the cores before the program starts (RLIMIT_AS where no cgroup is
+writable), and after the end its accounting and OOM count are read and it is
+removed; the exit record also brings the wrapper's ``times`` back.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from oaasd.launchers.pool import (
     SshOptions,
     SshPool,
 )
+from oaasd.launchers.remote_binding import RemoteBinder
 from oaasd.launchers.wrap import exit_from_record, wrap_argv
 from oaasd.ports import Exit, LaunchJob, Locator
 
@@ -149,8 +156,8 @@ reap)  # PID START TAG GRACE_TENTHS: TERM, wait, KILL (grace -1: KILL at once)
   echo $by;;
 status)  # DIR PID START
   if alive "$2" "$3"; then echo alive; elif [ -r "$1/exit" ]; then echo exited; else echo gone; fi;;
-fetch)  # DIR [remove]: a marker line, "exit=RC", then "result" and result.json's bytes, or "none"
-  rc=; [ -r "$1/exit" ] && read -r rc < "$1/exit"
+fetch)  # DIR [remove]: a marker line, "exit=RECORD" (its lines joined by |), then "result" and its bytes, or "none"
+  rc=; [ -r "$1/exit" ] && rc=$(tr '\n' '|' < "$1/exit")
   echo "$FETCH_MARK"; echo "exit=$rc"
   if [ -r "$1/result.json" ]; then echo result; cat "$1/result.json"; else echo none; fi
   [ "$2" = remove ] && [ -n "$1" ] && rm -rf -- "$1"
@@ -226,8 +233,9 @@ async def _copy(stream, path: Path) -> None:
 class SshHandle:
     """One remote attempt; a follower task streams its logs until it ends."""
 
-    def __init__(self, pool: SshPool, job: LaunchJob, locator: Locator):
+    def __init__(self, pool: SshPool, job: LaunchJob, locator: Locator, binder: RemoteBinder | None = None):
         self.pool = pool
+        self.binder = binder or RemoteBinder("none")
         self.job = job
         self.locator = locator
         x = locator.extra
@@ -291,7 +299,7 @@ class SshHandle:
                         await asyncio.shield(self._killing)
                     exit = await self._finish()
                     if exit is not None:
-                        return exit
+                        return await self.binder.settle(self.pool, self.node, self.locator.extra, exit)
                 down_since, delay = None, opts.backoff_initial_s
             except NodeError as exc:
                 if self.pool.closed:
@@ -299,6 +307,7 @@ class SshHandle:
                 if exc.reason != CHANNEL_REFUSED:
                     down_since = down_since or time.monotonic()
                     if time.monotonic() - down_since >= opts.lost_grace_s:
+                        self.binder.later(self.node, self.locator.extra)  # its cgroup goes when the node is back
                         return Exit(exit_code=None, lost=True, reason=f"node {self.node} lost: {exc.message}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, opts.backoff_max_s, max(opts.lost_grace_s / 2, 0.1))
@@ -352,7 +361,7 @@ class SshHandle:
         kind, _, result = rest.partition(b"\n")
         if kind == b"result":
             self.job.result_path.write_bytes(result)
-        rc = head.decode().removeprefix("exit=").strip()
+        rc = head.decode().removeprefix("exit=").strip().replace("|", "\n")
         recorded = exit_from_record(rc)
         if recorded is not None:
             self.job.exit_path.write_text(rc + "\n")
@@ -366,10 +375,11 @@ class SshLauncher:
     """Starts attempts on ``job.hosts[0].node`` over one pooled connection per node."""
 
     def __init__(self, nodes: Mapping[str, NodeConn] | SshPool, options: SshOptions | None = None,
-                 accounts: Accounts | None = None):
+                 accounts: Accounts | None = None, binder: RemoteBinder | None = None):
         self._owns_pool = not isinstance(nodes, SshPool)
         self.pool = SshPool(nodes, options) if self._owns_pool else nodes
         self.accounts = accounts or Accounts()
+        self.binder = binder or RemoteBinder("none")
         self._handles: set[SshHandle] = set()
 
     def _track(self, handle: SshHandle) -> SshHandle:
@@ -388,15 +398,23 @@ class SshLauncher:
         job.stdout_path.touch()
         job.stderr_path.touch()
         launch = self.accounts.launch
+        pairs = env_pairs(job.env)  # validated before anything is made on the node
+        await self.binder.retry(self.pool, node)
+        bound = await self.binder.prepare(self.pool, node, f"a{job.attempt_id}", job.hosts[0].binding, run_as)
         cmd = remote_command("launch", remote_dir(self.pool, node, job), tag, launch.path, launch.lang,
-                             len(launch.pass_env), *launch.pass_env, *env_pairs(job.env),
-                             *wrap_argv(list(job.argv), job.workdir), run_as=run_as)
-        res = await self.pool.run(node, cmd)
-        pid, start, absdir = res.stdout.decode().strip().splitlines()[-1].split(maxsplit=2)
-        extra = {"node": node, "dir": absdir.strip(), "tag": tag, "out0": base[0], "err0": base[1]}
+                             len(launch.pass_env), *launch.pass_env, *pairs,
+                             *wrap_argv(list(job.argv), job.workdir, **bound.wrap), run_as=run_as)
+        try:
+            res = await self.pool.run(node, cmd)
+            pid, start, absdir = res.stdout.decode().strip().splitlines()[-1].split(maxsplit=2)
+        except BaseException:
+            await self.binder.settle(self.pool, node, bound.extra(), Exit(exit_code=None, lost=True))
+            raise
+        extra = {"node": node, "dir": absdir.strip(), "tag": tag, "out0": base[0], "err0": base[1], **bound.extra()}
         if run_as is not None:
             extra["run_as"] = run_as
-        return self._track(SshHandle(self.pool, job, Locator(pid=int(pid), start_time=float(start), extra=extra)))
+        return self._track(SshHandle(self.pool, job, Locator(pid=int(pid), start_time=float(start), extra=extra),
+                                     self.binder))
 
     async def adopt(self, job: LaunchJob, locator: Locator) -> SshHandle | None:
         """Reattach when the pid still runs (same start time) or left an exit record."""
@@ -410,8 +428,9 @@ class SshLauncher:
             log.warning("adopting attempt %s: %s; will keep trying", job.attempt_id, exc.message)
         else:
             if res.stdout.decode().strip().endswith("gone"):
+                await self.binder.settle(self.pool, x["node"], x, Exit(exit_code=None, lost=True))
                 return None
-        return self._track(SshHandle(self.pool, job, locator))
+        return self._track(SshHandle(self.pool, job, locator, self.binder))
 
     async def probe(self, node: str) -> dict:
         """Reachability, load, memory and disk of ``node``; NodeError when unusable."""
@@ -426,7 +445,7 @@ class SshLauncher:
             "load_1m": float(f[0]), "load_5m": float(f[1]), "load_15m": float(f[2]), "cpus": int(f[3]),
             "memory_total_mb": int(f[4]) // 1024, "memory_available_mb": int(f[5]) // 1024,
             "disk_total_mb": int(f[6]) // 1024, "disk_free_mb": int(f[7]) // 1024,
-            "work_root": self.pool.work_root(node),
+            "work_root": self.pool.work_root(node), **await self.binder.enforcement(self.pool, node),
         }
 
     async def close(self) -> None:

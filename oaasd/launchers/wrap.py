@@ -11,10 +11,21 @@ The wrapper also enters the task's ``workdir`` (its first parameter, empty
 for none), after the switch to the task's account: a directory that does not
 exist or that the task's user may not enter is recorded as ``workdir``
 instead of a status, the task's own fault (``BadWorkdir``), not its node's.
+
+Before any of the user's program runs, the wrapper carries out the binding
+(``oaasd.launchers.binding``): it writes its own pid into each cgroup's
+``cgroup.procs`` (parameter 3, daemon-made paths separated by spaces), sets
+its CPU affinity (``taskset``, parameter 2: a core list) and, where no
+cgroup is available, ``ulimit -v`` (parameter 4, KiB); its children inherit
+all three. A step that fails is recorded as ``bind WHAT`` and the program
+never starts. After the program, the record's second and third lines are the
+shell's ``times`` (the waited children's user and system CPU time): the
+accounting of an attempt whose exit nobody could ``wait4`` for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal as _signal
 from pathlib import Path
 
@@ -23,25 +34,37 @@ from oaasd.states import Reason
 
 BAD_WORKDIR = "workdir"  # the exit record of a task that could not enter its workdir
 BAD_WORKDIR_STATUS = 125  # the wrapper's status then (the record is what counts)
+BIND = "bind"  # the exit record of an attempt whose binding could not be applied (program not started)
 
 # Constant text: user input only ever reaches it as "$@". The trap keeps the
 # wrapper alive through the group's SIGTERM, so the program gets its grace
 # period and the wrapper still records how it ended.
 WRAP_SCRIPT = f"""trap : TERM INT HUP
-w=$1; shift
+w=$1 c=$2 g=$3 v=$4; shift 4
+if [ -n "$c" ] && ! taskset -pc "$c" $$ >/dev/null 2>&1; then
+  echo "oaasd: cannot set CPU affinity $c" >&2; echo "{BIND} affinity $c" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
+fi
+for f in $g; do
+  {{ echo $$ > "$f"; }} 2>/dev/null || {{ echo "oaasd: cannot join cgroup $f" >&2; echo "{BIND} cgroup $f" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}; }}
+done
+if [ -n "$v" ] && ! ulimit -v "$v" 2>/dev/null; then
+  echo "oaasd: cannot set RLIMIT_AS $v KiB" >&2; echo "{BIND} rlimit $v" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
+fi
 if [ -n "$w" ] && ! cd -- "$w" 2>/dev/null; then
   echo "oaasd: cannot enter workdir $w" >&2; echo {BAD_WORKDIR} > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
 fi
 "$@"
 rc=$?
-echo "$rc" > "$OAAS_EXIT_FILE"
+{{ echo "$rc"; times; }} > "$OAAS_EXIT_FILE"
 exit "$rc"
 """
 
 
-def wrap_argv(argv: list[str] | tuple[str, ...], workdir: str | None = None) -> list[str]:
-    """Return the argv that runs ``argv`` in ``workdir`` under the exit-recording wrapper."""
-    return ["/bin/sh", "-c", WRAP_SCRIPT, "oaas-task", workdir or "", *argv]
+def wrap_argv(argv: list[str] | tuple[str, ...], workdir: str | None = None, cpus: str = "", procs: str = "",
+              vmem_kb: str = "") -> list[str]:
+    """Return the argv that runs ``argv`` in ``workdir`` under the exit-recording wrapper,
+    first joining the cgroups of ``procs``, on the cores ``cpus``, under RLIMIT_AS ``vmem_kb``."""
+    return ["/bin/sh", "-c", WRAP_SCRIPT, "oaas-task", workdir or "", cpus, procs, vmem_kb, *argv]
 
 
 def signal_name(num: int) -> str:
@@ -65,16 +88,35 @@ def exit_from_status(rc: int) -> Exit:
     return Exit(exit_code=rc)
 
 
+def times_cpu_s(lines: list[str]) -> float | None:
+    """User + system CPU seconds of the waited children from the shell's ``times`` lines."""
+    if len(lines) < 2:
+        return None
+    total = 0.0
+    for word in lines[1].split():
+        m, _, s = word.rstrip("s").partition("m")
+        try:
+            total += int(m) * 60 + float(s)
+        except ValueError:
+            return None
+    return round(total, 3)
+
+
 def exit_from_record(text: str) -> Exit | None:
     """Turn the text of an exit record into an Exit, or None when it is not one."""
-    text = text.strip()
-    if text == BAD_WORKDIR:
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if first == BAD_WORKDIR:
         return Exit(exit_code=None, fault=Reason.BAD_WORKDIR,
                     reason="workdir does not exist or the task's user may not enter it")
+    if first.startswith(BIND + " "):
+        return Exit(exit_code=None, lost=True, reason=f"launch failed: cannot apply the binding: {first[5:]}")
     try:
-        return exit_from_status(int(text))
+        status = exit_from_status(int(first))
     except ValueError:
         return None
+    cpu = times_cpu_s(lines[1:])
+    return status if cpu is None else dataclasses.replace(status, cpu_s=cpu)
 
 
 def read_exit_file(path: Path) -> Exit | None:

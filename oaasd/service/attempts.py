@@ -9,6 +9,7 @@ environment, paths under the attempt's directory).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oaasd.launchers.binding import gpu_env
 from oaasd.launchers.protocol import Report
 from oaasd.models import TaskSpec
-from oaasd.ports import Handle, Host, LaunchJob
+from oaasd.ports import NO_BINDING, Binding, Handle, Host, LaunchJob
 
 
 @dataclass
@@ -48,10 +50,24 @@ class Run:
     skip_metrics: int = 0  # only for attempts started before schema 7, which stored no offset
 
 
+def bound_hosts(spec: TaskSpec, hosts: list[Host]) -> list[Host]:
+    """The hosts with what each must enforce: placement's binding, or where placement gave none,
+    the memory limit of the task's ``resources.memory_mb`` (per worker slot)."""
+    mb = spec.resources.memory_mb
+    if not mb:
+        return list(hosts)
+    return [h if h.binding != NO_BINDING else dataclasses.replace(h, binding=Binding(memory_mb=mb * h.slots))
+            for h in hosts]
+
+
 def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_dir: Path,
-              hosts: list[Host]) -> LaunchJob:
-    """Assemble the argv, environment and paths of one attempt (its directory made private first)."""
+              hosts: list[Host], gpu_nodes: frozenset[str] = frozenset()) -> LaunchJob:
+    """Assemble the argv, environment and paths of one attempt (its directory made private first).
+
+    ``gpu_nodes``: the nodes with GPUs, where a task bound to none sees none (empty CUDA_VISIBLE_DEVICES).
+    """
     secure_attempt_dir(attempt_dir)
+    hosts = bound_hosts(spec, hosts)
     if spec.script is not None:
         (attempt_dir / "script.sh").write_text(spec.script)  # for people; the argv carries it to any node
         argv = ["/bin/sh", "-c", spec.script, "oaas-script"]
@@ -64,6 +80,7 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
         "OAAS_NODE": hosts[0].node,
         "OAAS_WORKERS": str(spec.workers),
         "OAAS_RESULT_FILE": str(attempt_dir / "result.json"),
+        **gpu_env(hosts[0].binding, hosts[0].node in gpu_nodes),
     }
     if spec.workers > 1:
         hostfile = attempt_dir / "hostfile"

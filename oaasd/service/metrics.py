@@ -20,6 +20,9 @@ from oaasd.states import State
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 NOT_FAILURES = (State.COMPLETED, State.CANCELLED)
+CPU_BUCKETS = (0.01, 0.1, 1, 10, 60, 600, 3600, 36000, 360000)
+RSS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+MAX_USER_LABELS = 64  # users beyond these share the label "other": cardinality stays bounded
 
 
 class Metrics:
@@ -44,6 +47,14 @@ class Metrics:
         self.launches = Counter("oaasd_launches", "Attempts launched", registry=r)
         self.failures = Counter("oaasd_failures", "Attempts that ended in failure, by state and reason",
                                 ["state", "reason"], registry=r)
+        self.cpu_seconds = Counter("oaasd_attempt_cpu_seconds", "User + system CPU seconds of ended attempts, "
+                                   f"by user (the first {MAX_USER_LABELS} users; later ones as 'other')",
+                                   ["user"], registry=r)
+        self.attempt_cpu = Histogram("oaasd_attempt_cpu_seconds_per_attempt", "CPU seconds of one ended attempt",
+                                     buckets=CPU_BUCKETS, registry=r)
+        self.attempt_rss = Histogram("oaasd_attempt_max_rss_mb", "Peak memory (MB) of one ended attempt",
+                                     buckets=RSS_BUCKETS, registry=r)
+        self._users: set[str] = set()
         self.callbacks = Counter("oaasd_callback_posts", "Callback POSTs by outcome (delivered, error)",
                                  ["outcome"], registry=r)
 
@@ -57,6 +68,16 @@ class Metrics:
         """An attempt ended; failures (not COMPLETED, not CANCELLED) are counted by reason."""
         if state not in NOT_FAILURES:
             self.failures.labels(state.value, str(reason)).inc()
+
+    def accounted(self, user: str, max_rss_mb: float | None, cpu_s: float | None) -> None:
+        """An attempt ended with this accounting (None: not measured)."""
+        if cpu_s is not None:
+            if user not in self._users and len(self._users) < MAX_USER_LABELS:
+                self._users.add(user)
+            self.cpu_seconds.labels(user if user in self._users else "other").inc(cpu_s)
+            self.attempt_cpu.observe(cpu_s)
+        if max_rss_mb is not None:
+            self.attempt_rss.observe(max_rss_mb)
 
     # ---- scrape -------------------------------------------------------
     def refresh(self, counts: dict[str, int], queue: Sequence[Any], cluster: Cluster, subscribers: int) -> None:

@@ -38,12 +38,21 @@ class NodeAdmin:
         return name
 
     def views(self) -> list[dict[str, Any]]:
-        """The cluster's view of every node."""
-        return self.cluster.views()
+        """The cluster's view of every node, with what it enforces."""
+        return [{**v, **self.enforcement(v["name"])} for v in self.cluster.views()]
 
     def view(self, name: str) -> dict[str, Any]:
-        """One node's view with its last health probe."""
-        return {**self.cluster.view(name), "probe": self.health.probes.get(name)}
+        """One node's view with what it enforces and its last health probe."""
+        return {**self.cluster.view(name), **self.enforcement(name), "probe": self.health.probes.get(name)}
+
+    def enforcement(self, name: str) -> dict[str, Any]:
+        """``enforcement`` (cgroup2, cgroup1, rlimit, none) and why: the local host's own, a remote
+        node's from its last probe (None until probed)."""
+        if self.cluster.nodes[name].launcher == "local":
+            return self.runner.local_enforcement()
+        probe = self.health.probes.get(name) or {}
+        return {"enforcement": probe.get("enforcement"),
+                "enforcement_reason": probe.get("enforcement_reason") or "not probed yet"}
 
     def running_on(self, name: str) -> list[int]:
         """Ids of the tasks with a running attempt on the node."""

@@ -5,7 +5,9 @@ re-adopted when their process still lives (their reservations taken again
 first), otherwise ended as node failures under the retry policy; pending
 tasks rejoin the queue. Cancels a crash interrupted are finished: a
 re-adopted attempt is killed with what is left of its grace, a pending task
-ends CANCELLED.
+ends CANCELLED. Cgroups of this daemon's attempts that are no longer
+running (a crash between making one and recording the attempt's locator)
+are removed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ async def recover(store: TaskStore, cluster: Cluster, runner: Runner, intake: In
             log.info("task %d: finishing the cancel requested before the restart (%.1f s of grace left)",
                      row["task_id"], left)
             await runner.cancel(row["task_id"], row["cancel_reason"], grace_s=left)
+    await runner.sweep_cgroups()  # what a crash left of attempts that are not running any more
     for task_id, priority, submitted_at, spec, cancel_reason in await store.pending_queue():
         if cancel_reason is not None:
             await intake.cancel_pending(task_id, cancel_reason, json.loads(spec).get("callback_url"))

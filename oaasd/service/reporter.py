@@ -39,6 +39,10 @@ def classify(run: Run, exit_: Exit, node_failures: int) -> tuple[State, State, s
         return State.CANCELLED, State.CANCELLED, run.cancel_reason, None
     if run.requeue_reason is not None:
         return State.NODE_FAIL, State.PENDING, Reason.REQUEUED, run.requeue_reason
+    if exit_.oom and run.lost_reason is None:  # the OOM killer inside its memory limit: final, never retried
+        limit = run.job.hosts[0].binding.memory_mb if run.job.hosts else 0
+        return State.OUT_OF_MEMORY, State.OUT_OF_MEMORY, Reason.OUT_OF_MEMORY, (
+            f"killed by the OOM killer at its memory limit of {limit} MB" if limit else "killed by the OOM killer")
     if run.timed_out:
         return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
     if exit_.fault is not None and run.lost_reason is None:  # the task's own fault: no retry
@@ -120,6 +124,7 @@ class Reporter:
         if run.cancel_reason is None:
             run.cancel_reason = row["cancel_reason"]  # a cancel persisted before a restart
         attempt_state, task_state, reason, message = classify(run, exit_, row["node_failures"])
+        launch_failed = launch_failed or (exit_.reason or "").startswith("launch failed")  # binding not applied
         if launch_failed and task_state == State.NODE_FAIL:
             reason = Reason.LAUNCH_FAILED
         result = run.report.result
@@ -127,8 +132,10 @@ class Reporter:
             message = "; ".join(run.report.problems[-3:])
         await self.store.finish_attempt(run.attempt_id, run.task_id, attempt_state, task_state, reason,
                                         message, exit_code=exit_.exit_code, signal=exit_.signal,
-                                        result=result)  # retried while the state disk is full
+                                        result=result, max_rss_mb=exit_.max_rss_mb,
+                                        cpu_s=exit_.cpu_s)  # retried while the state disk is full
         self.metrics.attempt_ended(attempt_state, reason)
+        self.metrics.accounted(run.spec.user, exit_.max_rss_mb, exit_.cpu_s)
         self.forget(run)
         run.done.set()
         self.cluster.release(run.task_id)

@@ -80,6 +80,10 @@ class Runner:
         nodes = self.cluster.nodes
         return launcher_kind([nodes[h.node].launcher if h.node in nodes else "local" for h in hosts], workers)
 
+    def gpu_nodes(self) -> frozenset[str]:
+        """The nodes that declare GPUs (a task bound to none of them sees none)."""
+        return frozenset(name for name, node in self.cluster.nodes.items() if node.gpus)
+
     # ---- dispatch ---------------------------------------------------
     def dispatch(self, placed: Placed) -> None:
         """Launch a placed task in its own coroutine (its resources are already reserved)."""
@@ -115,7 +119,7 @@ class Runner:
         publish_state(self.events, task_id, State.PENDING, State.RUNNING, Reason.PLACED, node=node)
         adir = self.attempt_dir(task_id, seq)
         adir.mkdir(parents=True, exist_ok=True)
-        job = build_job(spec, task_id, attempt_id, seq, adir, hosts)
+        job = build_job(spec, task_id, attempt_id, seq, adir, hosts, self.gpu_nodes())
         run = Run(task_id, attempt_id, seq, node, placement, spec, job)
         if spec.time_limit_s is not None:
             run.started_at = await self._stored_start(task_id, attempt_id)
@@ -137,7 +141,7 @@ class Runner:
     async def adopt(self, row: dict[str, Any], spec: TaskSpec, hosts: list[Host]) -> bool:
         """Reattach to an attempt found RUNNING at start (``spec`` parsed from its row); False when it is gone."""
         adir = self.attempt_dir(row["task_id"], row["seq"])
-        job = build_job(spec, row["task_id"], row["id"], row["seq"], adir, hosts)
+        job = build_job(spec, row["task_id"], row["id"], row["seq"], adir, hosts, self.gpu_nodes())
         run = Run(row["task_id"], row["id"], row["seq"], row["node"], json.loads(row["placement"]), spec, job)
         self.runs[run.task_id] = run
         loc = json.loads(row["locator"]) if row["locator"] else read_locator(adir)
@@ -278,6 +282,17 @@ class Runner:
             for node in {h.node for h in run.job.hosts}:
                 out.setdefault(node, []).append(task_id)
         return out
+
+    def local_enforcement(self) -> dict[str, Any]:
+        """What this host enforces for local attempts, and why."""
+        view = getattr(self.launchers.get("local"), "enforcement", None)
+        return view() if view is not None else {"enforcement": "none", "enforcement_reason": "no local launcher"}
+
+    async def sweep_cgroups(self) -> None:
+        """Remove the local cgroups of attempts this daemon does not run (after recovery re-adopted)."""
+        sweep = getattr(self.launchers.get("local"), "sweep", None)
+        if sweep is not None:
+            await sweep({run.attempt_id for run in self.runs.values()})
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching, leave every process running."""

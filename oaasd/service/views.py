@@ -101,4 +101,13 @@ def attempt_view(a: dict[str, Any]) -> dict[str, Any]:
             "started_at": a["started_at"], "ended_at": a["ended_at"], "exit_code": a["exit_code"],
             "signal": a["signal"], "reason": a["reason"], "message": a["message"],
             "stdout_read_bytes": a["stdout_offset"], "metrics_stored": a["metrics_stored"],
-            "metrics_dropped": a["metrics_dropped"], "notes": notes}
+            "metrics_dropped": a["metrics_dropped"], "max_rss_mb": a["max_rss_mb"], "cpu_s": a["cpu_s"],
+            "elapsed_s": a["elapsed_s"], "enforced": enforced_view(a), "notes": notes}
+
+
+def enforced_view(a: dict[str, Any]) -> dict[str, Any] | None:
+    """What the attempt's node enforced, from its locator: the cgroup kind and paths (None: no cgroup)."""
+    loc = json.loads(a["locator"]) if a["locator"] else {}
+    if not loc.get("cgroups"):
+        return None
+    return {"enforcement": loc["cgroup"], "cgroups": sorted(set(loc["cgroups"].values()))}

@@ -55,7 +55,8 @@ TASK_COLUMNS = ("id, name, user, state, reason, message, state_at, priority, sub
                 "started_at, ended_at, attempts, node_failures, idempotency_key, parent_id, spec, result, "
                 "cancel_reason, cancel_requested_at")
 ATTEMPT_COLUMNS = ("id, task_id, seq, node, placement, state, started_at, ended_at, "
-                   "exit_code, signal, reason, message, locator, stdout_offset, metrics_stored, metrics_dropped")
+                   "exit_code, signal, reason, message, locator, stdout_offset, metrics_stored, metrics_dropped, "
+                   "max_rss_mb, cpu_s, elapsed_s")
 
 
 @dataclass
@@ -362,17 +363,16 @@ class Store:
             await db.execute("UPDATE attempts SET locator=? WHERE id=?", (json.dumps(locator), attempt_id))
         await self.write_kept(op, f"the locator of attempt {attempt_id}")
 
-    async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: State,
-                             task_state: State, reason: str, message: str | None = None, *,
-                             exit_code: int | None = None, signal: str | None = None,
-                             result: Any = None) -> None:
-        """End an attempt and move its task (final, or back to PENDING to retry); retried while the disk is full."""
+    async def finish_attempt(self, attempt_id: int, task_id: int, attempt_state: State, task_state: State, reason: str,
+                             message: str | None = None, *, exit_code: int | None = None, signal: str | None = None,
+                             result: Any = None, max_rss_mb: float | None = None, cpu_s: float | None = None) -> None:
+        """End an attempt (with its accounting; elapsed from its start), move its task; retried while the disk is full."""
         async def op(db):
             now = time.time()
             cur = await db.execute(
-                "UPDATE attempts SET state=?, ended_at=?, exit_code=?, signal=?, reason=?, message=? "
-                "WHERE id=? AND state='RUNNING'",
-                (attempt_state.value, now, exit_code, signal, reason, message, attempt_id))
+                "UPDATE attempts SET state=?, ended_at=?, exit_code=?, signal=?, reason=?, message=?, max_rss_mb=?, "
+                "cpu_s=?, elapsed_s=MAX(0, ? - started_at) WHERE id=? AND state='RUNNING'",
+                (attempt_state.value, now, exit_code, signal, reason, message, max_rss_mb, cpu_s, now, attempt_id))
             if cur.rowcount != 1:
                 raise ConflictError(f"attempt {attempt_id} is not RUNNING")
             fields: dict[str, Any] = {}

@@ -174,4 +174,12 @@ MIGRATIONS: list[str] = [
         VALUES (NEW.id, NEW.state_at, OLD.state, NEW.state, NEW.reason, NEW.message);
     END;
     """,
+    # 9: each attempt's accounting, as sacct's MaxRSS, TotalCPU and Elapsed: peak memory in MB,
+    # user + system CPU seconds (from its cgroup, else the wrapper's rusage), wall seconds.
+    # NULL where it was not measured (attempts ended before 9, accounting unavailable).
+    """
+    ALTER TABLE attempts ADD COLUMN max_rss_mb REAL;
+    ALTER TABLE attempts ADD COLUMN cpu_s REAL;
+    ALTER TABLE attempts ADD COLUMN elapsed_s REAL;
+    """,
 ]

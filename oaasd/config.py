@@ -87,12 +87,15 @@ class ServerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    """``[scheduler]``: queue policy and placement fit."""
+    """``[scheduler]``: queue policy and placement fit (policy names as in ``oaasd.core.policies``)."""
 
-    policy: Literal["fifo"] = "fifo"
+    policy: Literal["fifo", "backfill"] = Field(
+        "fifo", description="fifo: any later task that fits starts; backfill: EASY backfill with a reservation")
     fit: Literal["first", "best", "worst", "least_allocated", "most_allocated", "balanced"] = "best"
     weights: dict[Literal["cpu", "memory", "gpus"], float] = Field(default_factory=dict)
     max_pass: int = Field(1000, ge=1, description="pending tasks examined per scheduling pass")
+    default_time_limit_s: float | None = Field(
+        None, gt=0, le=365 * 86400, description="time limit of a task (not a pipeline replica) submitted without one")
 
 
 class NodeConfig(Section):

@@ -1,0 +1,180 @@
+"""EASY backfill over an ordered queue (pure numpy, no I/O).
+
+Jobs start in order while they fit. The first one that does not (the head)
+gets a reservation: the earliest time ``T`` at which the running tasks'
+ends (start + time limit) free enough for it, and the rows it would take
+then. Behind it, a job starts only if
+
+- it fits now and its own time limit ends by ``T`` (it is gone before the
+  head needs the rows), or
+- it fits now *beside* the reservation: on the free amounts that are free
+  both now and at ``T`` once the head's reservation is taken
+  (``min(free_now, free_at_T - head)`` row by row), so it can run as long
+  as it likes without touching what the head was promised.
+
+So a backfilled job never delays the reservation (the property the unit
+tests check table by table). A job without a time limit can only take the
+second way (``default_time_limit_s`` may supply one). When some running task
+has no limit and the head needs its rows, ``T`` is unknown (inf) and only
+the second way is open. A head that would not fit even once everything
+running has ended (nodes drained) holds nothing and the next job is head.
+
+Cost: the reservation is found by bisection over the running tasks sorted
+by end (each probe one copy of the table, one scatter-add and one
+``place``); every job behind it is one ``place``, or a dict lookup when its
+shape was refused before in the pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from oaasd.core import placement as pl
+from oaasd.core.jobs import INF, Job, PassResult, Reservation, Running, shape
+from oaasd.core.placement.table import assume
+from oaasd.states import Reason
+
+RESOURCES = Reason.RESOURCES.value
+RESERVATION = Reason.RESERVATION.value
+
+
+def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.NodeTable, now: float, *,
+                  fit: str, weights: np.ndarray | None, refused: dict[tuple, dict[str, int]],
+                  default_time_limit_s: float | None) -> PassResult:
+    """Start jobs in order until one does not fit, reserve for it, backfill behind it."""
+    result = PassResult()
+    work = table.copy()
+    ends = [(r.ends_at, r.placement) for r in running]
+    for i, job in enumerate(ordered):
+        key = shape(job.request)
+        counts = refused.get(key)
+        if counts is None:
+            got = pl.place(work, job.request, fit, weights)
+            if isinstance(got, pl.Placement):
+                assume(work, got)
+                result.started.append((job, got))
+                limit = _limit(job, default_time_limit_s)
+                ends.append((INF if limit is None else now + limit, got))
+                continue
+            counts = refused.setdefault(key, dict(got.counts))
+        result.reasons[job.task_id] = (RESOURCES, counts)
+        held = reserve_for(work, job.request, ends, now, fit, weights)
+        if held is None:  # would not fit even on an idle cluster as it stands: holds nothing
+            continue
+        start_at, placement, later = held
+        result.reservations.append(Reservation(job.task_id, start_at, placement))
+        _behind(ordered[i + 1:], work, later, start_at, now, result, fit=fit, weights=weights, refused=refused,
+                default_time_limit_s=default_time_limit_s)
+        break
+    return result
+
+
+def _limit(job: Job, default: float | None) -> float | None:
+    return job.time_limit_s if job.time_limit_s is not None else default
+
+
+def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float, pl.Placement]], now: float,
+                fit: str, weights: np.ndarray | None) -> tuple[float, pl.Placement, pl.NodeTable] | None:
+    """(T, placement at T, the table at T with it taken) for a request that does not fit ``work``
+    now, from ``ends`` ((end time, placement) of what holds resources); None when it would not
+    fit even after all of them ended. (T is ``now`` should it fit already.)"""
+    ends = sorted(ends, key=lambda e: e[0])
+    rows = np.concatenate([p.nodes for _, p in ends]) if ends else np.zeros(0, np.int64)
+    use = np.concatenate([p.use for _, p in ends]) if ends else np.zeros((0, 3), np.int64)
+    core = np.concatenate([p.core_use for _, p in ends]) if ends else np.zeros((0, work.core_free.shape[1]), np.int64)
+    offset = np.cumsum([0] + [len(p.hosts) for _, p in ends])
+
+    def probe(k: int) -> tuple[pl.NodeTable, pl.Placement | pl.Refusal]:
+        """The table once the first k have ended, and the request's placement on it."""
+        t = work.copy()
+        m = offset[k]
+        np.add.at(t.free, rows[:m], use[:m])
+        np.add.at(t.core_free, rows[:m], core[:m])
+        np.minimum(t.free, t.total, out=t.free)
+        np.minimum(t.core_free, t.core_total, out=t.core_free)
+        return t, pl.place(t, request, fit, weights)
+
+    finite = sum(1 for t, _ in ends if t < INF)
+    last, got = probe(finite)
+    if isinstance(got, pl.Refusal):
+        if finite == len(ends):
+            return None
+        last, got = probe(len(ends))  # only once tasks without a limit end: when is not known
+        if isinstance(got, pl.Refusal):
+            return None
+        assume(last, got)
+        return INF, got, last
+    lo, hi = 0, finite  # the smallest k that fits lies in [lo, hi]; probe(hi) fits, ``last`` is it
+    while lo < hi:
+        mid = (lo + hi) // 2
+        t, placed = probe(mid)
+        if isinstance(placed, pl.Placement):
+            hi, last, got = mid, t, placed
+        else:
+            lo = mid + 1
+    k = lo
+    while 0 < k < finite and ends[k][0] == ends[k - 1][0]:  # those ending at the same moment free with it
+        k += 1
+    if k != lo:
+        last, got = probe(k)
+    assume(last, got)
+    return (ends[k - 1][0] if k else now), got, last
+
+
+def _behind(rest: Sequence[Job], work: pl.NodeTable, later: pl.NodeTable, start_at: float, now: float,
+            result: PassResult, *, fit: str, weights: np.ndarray | None, refused: dict[tuple, dict[str, int]],
+            default_time_limit_s: float | None) -> None:
+    """Backfill ``rest`` behind a reservation from ``start_at`` (``later``: the table then, held rows taken)."""
+    beside: pl.NodeTable | None = None  # min(work, later) row by row, made when first needed
+    held: dict[tuple, dict[str, int]] = {}  # shapes that do not fit beside the reservation, this pass
+    reasons = result.reasons
+    for job in rest:
+        key = shape(job.request)
+        counts = refused.get(key)
+        if counts is not None:
+            reasons[job.task_id] = (RESOURCES, counts)
+            continue
+        limit = _limit(job, default_time_limit_s)
+        if start_at < INF and limit is not None and now + limit <= start_at:  # gone before the head starts
+            got = pl.place(work, job.request, fit, weights)
+            if isinstance(got, pl.Refusal):
+                reasons[job.task_id] = (RESOURCES, refused.setdefault(key, dict(got.counts)))
+                continue
+            assume(work, got)
+            if beside is not None:
+                _refresh(beside, work, later, got.nodes)
+            result.started.append((job, got))
+            continue
+        if key in held:
+            reasons[job.task_id] = (RESERVATION, held[key])
+            continue
+        if beside is None:
+            beside = _beside(work, later)
+        got = pl.place(beside, job.request, fit, weights)
+        if isinstance(got, pl.Placement):  # fits both now and beside the head at start_at
+            for t in (work, later, beside):
+                assume(t, got)
+            result.started.append((job, got))
+            continue
+        now_got = pl.place(work, job.request, fit, weights)  # a probe: is it the reservation that holds it?
+        if isinstance(now_got, pl.Refusal):
+            reasons[job.task_id] = (RESOURCES, refused.setdefault(key, dict(now_got.counts)))
+        else:
+            reasons[job.task_id] = (RESERVATION, held.setdefault(key, dict(got.counts)))
+
+
+def _beside(work: pl.NodeTable, later: pl.NodeTable) -> pl.NodeTable:
+    """What is free both now and at the reservation's start beside it, row by row."""
+    t = work.copy()
+    _refresh(t, work, later, np.arange(len(work.names)))
+    return t
+
+
+def _refresh(beside: pl.NodeTable, work: pl.NodeTable, later: pl.NodeTable, rows: np.ndarray) -> None:
+    """Recompute ``beside`` on ``rows`` (a job that ends before the reservation took them from ``work``)."""
+    beside.free[rows] = np.minimum(work.free[rows], later.free[rows])
+    beside.core_free[rows] = np.minimum(work.core_free[rows], later.core_free[rows])
+    # per-core minima may sum below the cpu minimum: the cpu budget never exceeds the cores'
+    beside.free[rows, 0] = np.minimum(beside.free[rows, 0], beside.core_free[rows].sum(1))

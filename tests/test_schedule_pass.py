@@ -171,3 +171,15 @@ def test_no_backfilled_job_holds_what_the_reservation_needs_at_its_start(scenari
         if ends <= at and (rank[j.task_id] < rank[head.task_id] or ends < math.inf):
             pl.release(table, j.request, placed)
     pl.reserve(table, head.request, held.placement)  # raises ValueError when something took its rows
+
+
+@SETTINGS
+@given(scenarios(), st.integers(0, 40))
+def test_fifo_starts_exactly_what_one_place_queue_over_the_ordered_queue_places(scenario, extra):
+    table, _, queue, _ = scenario
+    queue = queue + [Job(100 + i, 0, 100.0 + i, pl.Request(cpu_milli=1000 * (1 + i % 3))) for i in range(extra)]
+    ordered = policy_named("fifo").order(queue, [], 0.0)
+    expected = pl.place_queue(table, [j.request for j in ordered])
+    result = decide(queue, [], table, policy_named("fifo"), 0.0)
+    assert [(j.task_id, p.hosts) for j, p in result.started] == [
+        (j.task_id, p.hosts) for j, p in zip(ordered, expected) if isinstance(p, pl.Placement)]

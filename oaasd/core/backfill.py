@@ -79,48 +79,91 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
                 fit: str, weights: np.ndarray | None) -> tuple[float, pl.Placement, pl.NodeTable] | None:
     """(T, placement at T, the table at T with it taken) for a request that does not fit ``work``
     now, from ``ends`` ((end time, placement) of what holds resources); None when it would not
-    fit even after all of them ended. (T is ``now`` should it fit already.)"""
-    ends = sorted(ends, key=lambda e: e[0])
-    rows = np.concatenate([p.nodes for _, p in ends]) if ends else np.zeros(0, np.int64)
-    use = np.concatenate([p.use for _, p in ends]) if ends else np.zeros((0, 3), np.int64)
-    core = np.concatenate([p.core_use for _, p in ends]) if ends else np.zeros((0, work.core_free.shape[1]), np.int64)
-    offset = np.cumsum([0] + [len(p.hosts) for _, p in ends])
+    fit even after all of them ended. (T is ``now`` should it fit already.)
+
+    Galloping, then bisection, over the ends in time order: a probe releases the first k
+    onto a copy of ``work`` (one scatter-add) and places the request there, so finding
+    the k that frees enough costs about 2 log2(k) probes, each in proportion to k, not
+    to everything running.
+    """
+    times = np.fromiter((t for t, _ in ends), float, len(ends))
+    order = np.argsort(times, kind="stable")
+    finite = int(np.searchsorted(times[order], INF))
+    built: list[np.ndarray] = []  # rows, use, core_use of the first ``len(offset) - 1`` ends, concatenated
+    offset = [0]
+
+    def grow(k: int) -> None:
+        """Concatenate the placements of the first k ends (doubling, so O(k) in all)."""
+        if len(offset) - 1 >= k:
+            return
+        placed = [ends[j][1] for j in order[:k].tolist()]
+        built[:] = [np.concatenate([p.nodes for p in placed]), np.concatenate([p.use for p in placed]),
+                    np.concatenate([p.core_use for p in placed])]
+        offset[:] = [0, *np.cumsum([len(p.hosts) for p in placed]).tolist()]
 
     def probe(k: int) -> tuple[pl.NodeTable, pl.Placement | pl.Refusal]:
         """The table once the first k have ended, and the request's placement on it."""
         t = work.copy()
-        m = offset[k]
-        np.add.at(t.free, rows[:m], use[:m])
-        np.add.at(t.core_free, rows[:m], core[:m])
-        np.minimum(t.free, t.total, out=t.free)
-        np.minimum(t.core_free, t.core_total, out=t.core_free)
+        if k:
+            grow(k)
+            m = offset[k]
+            rows, use, core = built
+            np.add.at(t.free, rows[:m], use[:m])
+            np.add.at(t.core_free, rows[:m], core[:m])
+            np.minimum(t.free, t.total, out=t.free)
+            np.minimum(t.core_free, t.core_total, out=t.core_free)
+        if not _may_fit(t, request):  # most probes fail: skip the Refusal's counting
+            return t, NO
         return t, pl.place(t, request, fit, weights)
 
-    finite = sum(1 for t, _ in ends if t < INF)
-    last, got = probe(finite)
-    if isinstance(got, pl.Refusal):
-        if finite == len(ends):
-            return None
-        last, got = probe(len(ends))  # only once tasks without a limit end: when is not known
-        if isinstance(got, pl.Refusal):
-            return None
-        assume(last, got)
-        return INF, got, last
-    lo, hi = 0, finite  # the smallest k that fits lies in [lo, hi]; probe(hi) fits, ``last`` is it
-    while lo < hi:
+    lo, k = 0, 1  # gallop: the smallest k that fits lies in (lo, hi]
+    while True:
+        k = min(k, finite)
+        last, got = probe(k)
+        if isinstance(got, pl.Placement):
+            hi = k
+            break
+        if k == finite:
+            if finite == len(ends):
+                return None
+            last, got = probe(len(ends))  # only once tasks without a limit end: when is not known
+            if isinstance(got, pl.Refusal):
+                return None
+            assume(last, got)
+            return INF, got, last
+        lo, k = k, 2 * k
+    while hi - lo > 1:  # probe(hi) fits, ``last`` is it; probe(lo) does not (lo 0: it fits now?)
         mid = (lo + hi) // 2
         t, placed = probe(mid)
         if isinstance(placed, pl.Placement):
             hi, last, got = mid, t, placed
         else:
-            lo = mid + 1
-    k = lo
-    while 0 < k < finite and ends[k][0] == ends[k - 1][0]:  # those ending at the same moment free with it
+            lo = mid
+    k = hi
+    at = float(times[order[k - 1]]) if k else now
+    while 0 < k < finite and times[order[k]] == at:  # those ending at the same moment free with it
         k += 1
-    if k != lo:
+    if k != hi:
         last, got = probe(k)
     assume(last, got)
-    return (ends[k - 1][0] if k else now), got, last
+    return at, got, last
+
+
+NO = pl.Refusal("Resources", {}, 0, 0, 0, ())  # a probe's "no": its counts are never shown
+
+
+def _may_fit(t: pl.NodeTable, request: pl.Request) -> bool:
+    """A necessary condition for ``place`` to succeed: enough worker slots on nodes passing the checks."""
+    ok = pl.passing(t, request, cores=False)
+    if request.workers == 1:
+        return bool(ok.any())
+    rows = ok.nonzero()[0]
+    if len(rows) == 0:
+        return False
+    cap = np.full(len(rows), request.workers, np.int64)
+    for r, amount in request.asked:
+        np.minimum(cap, t.free[rows, r] // amount, out=cap)
+    return int(cap.sum()) >= request.workers
 
 
 def _behind(rest: Sequence[Job], work: pl.NodeTable, later: pl.NodeTable, start_at: float, now: float,

@@ -45,11 +45,10 @@ class Running:
     started_at: float
     time_limit_s: float | None = None
     user: str = "anonymous"
+    ends_at: float = field(init=False)  # the latest time it can still hold its resources (inf: no limit)
 
-    @property
-    def ends_at(self) -> float:
-        """The latest time it can still hold its resources (inf without a limit)."""
-        return INF if self.time_limit_s is None else self.started_at + self.time_limit_s
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ends_at", INF if self.time_limit_s is None else self.started_at + self.time_limit_s)
 
 
 @dataclass(frozen=True, slots=True)

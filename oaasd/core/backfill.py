@@ -42,8 +42,12 @@ RESERVATION = Reason.RESERVATION.value
 
 def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.NodeTable, now: float, *,
                   fit: str, weights: np.ndarray | None, refused: dict[tuple, dict[str, int]],
-                  default_time_limit_s: float | None) -> PassResult:
-    """Start jobs in order until one does not fit, reserve for it, backfill behind it."""
+                  default_time_limit_s: float | None, hint: Sequence[Reservation] = ()) -> PassResult:
+    """Start jobs in order until one does not fit, reserve for it, backfill behind it.
+
+    ``hint``: the last pass's reservations, when nothing was freed since; the head's is
+    kept if it still fits the table at its start (then no search is needed).
+    """
     result = PassResult()
     work = table.copy()
     ends = [(r.ends_at, r.placement) for r in running]
@@ -60,7 +64,8 @@ def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.
                 continue
             counts = refused.setdefault(key, dict(got.counts))
         result.reasons[job.task_id] = (RESOURCES, counts)
-        held = reserve_for(work, job.request, ends, now, fit, weights)
+        kept = next((h for h in hint if h.task_id == job.task_id), None)
+        held = reserve_for(work, job.request, ends, now, fit, weights, kept)
         if held is None:  # would not fit even on an idle cluster as it stands: holds nothing
             continue
         start_at, placement, later = held
@@ -76,7 +81,8 @@ def _limit(job: Job, default: float | None) -> float | None:
 
 
 def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float, pl.Placement]], now: float,
-                fit: str, weights: np.ndarray | None) -> tuple[float, pl.Placement, pl.NodeTable] | None:
+                fit: str, weights: np.ndarray | None,
+                kept: Reservation | None = None) -> tuple[float, pl.Placement, pl.NodeTable] | None:
     """(T, placement at T, the table at T with it taken) for a request that does not fit ``work``
     now, from ``ends`` ((end time, placement) of what holds resources); None when it would not
     fit even after all of them ended. (T is ``now`` should it fit already.)
@@ -93,29 +99,34 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
     offset = [0]
 
     def grow(k: int) -> None:
-        """Concatenate the placements of the first k ends (doubling, so O(k) in all)."""
+        """Concatenate the placements of at least the first k ends (doubling: O(k) in all)."""
         if len(offset) - 1 >= k:
             return
+        k = min(len(ends), max(k, 2 * (len(offset) - 1), 16))
         placed = [ends[j][1] for j in order[:k].tolist()]
         built[:] = [np.concatenate([p.nodes for p in placed]), np.concatenate([p.use for p in placed]),
                     np.concatenate([p.core_use for p in placed])]
         offset[:] = [0, *np.cumsum([len(p.hosts) for p in placed]).tolist()]
 
+    base = [work, 0]  # a table with the first base[1] ends released: probes past it add only the rest
+
     def probe(k: int) -> tuple[pl.NodeTable, pl.Placement | pl.Refusal]:
         """The table once the first k have ended, and the request's placement on it."""
-        t = work.copy()
-        if k:
-            grow(k)
-            m = offset[k]
-            rows, use, core = built
-            np.add.at(t.free, rows[:m], use[:m])
-            np.add.at(t.core_free, rows[:m], core[:m])
-            np.minimum(t.free, t.total, out=t.free)
-            np.minimum(t.core_free, t.core_total, out=t.core_free)
-        if not _may_fit(t, request):  # most probes fail: skip the Refusal's counting
-            return t, NO
-        return t, pl.place(t, request, fit, weights)
+        start, done = base if base[1] <= k else (work, 0)
+        t = _released(start, k, grow, offset, built, done)
+        got = pl.place(t, request, fit, weights) if _may_fit(t, request) else NO  # NO: skip a Refusal's counts
+        if isinstance(got, pl.Refusal):
+            base[:] = [t, k]  # it does not fit here: the answer lies past k, start from this table
+        return t, got
 
+    if kept is not None and kept.start_at < INF:  # the last pass's, if its rows are still free then
+        k = int(np.searchsorted(times[order], kept.start_at, side="right"))
+        t = _released(work, k, grow, offset, built)
+        try:
+            pl.reserve(t, request, kept.placement)
+            return kept.start_at, kept.placement, t
+        except ValueError:
+            pass
     lo, k = 0, 1  # gallop: the smallest k that fits lies in (lo, hi]
     while True:
         k = min(k, finite)
@@ -147,6 +158,21 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
         last, got = probe(k)
     assume(last, got)
     return at, got, last
+
+
+def _released(start: pl.NodeTable, k: int, grow, offset: list[int], built: list[np.ndarray],
+              done: int = 0) -> pl.NodeTable:
+    """A copy of ``start`` (on which the first ``done`` ends are released) with the first k released."""
+    t = start.copy()
+    if k > done:
+        grow(k)
+        a, b = offset[done], offset[k]
+        rows, use, core = built
+        np.add.at(t.free, rows[a:b], use[a:b])
+        np.add.at(t.core_free, rows[a:b], core[a:b])
+        np.minimum(t.free, t.total, out=t.free)
+        np.minimum(t.core_free, t.core_total, out=t.core_free)
+    return t
 
 
 NO = pl.Refusal("Resources", {}, 0, 0, 0, ())  # a probe's "no": its counts are never shown

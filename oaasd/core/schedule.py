@@ -28,7 +28,7 @@ import numpy as np
 
 from oaasd.core import placement as pl
 from oaasd.core.backfill import easy_backfill
-from oaasd.core.jobs import Job, PassResult, Running, shape
+from oaasd.core.jobs import Job, PassResult, Reservation, Running, shape
 from oaasd.core.placement.table import assume
 from oaasd.states import Reason
 
@@ -37,19 +37,21 @@ RESOURCES = Reason.RESOURCES.value
 
 def decide(queue: Sequence[Job], running: Sequence[Running], table: pl.NodeTable, policy: Any, now: float, *,
            fit: str = "best", weights: np.ndarray | None = None, refused: dict[tuple, dict[str, int]] | None = None,
-           default_time_limit_s: float | None = None) -> PassResult:
+           default_time_limit_s: float | None = None, hint: Sequence[Reservation] = ()) -> PassResult:
     """One pass: which of ``queue`` start now and where, and why the others wait.
 
     ``running``: what holds resources on ``table`` (their placements are on
     its rows), for the reservations of a policy that ``reserves``. ``fit`` and
     ``weights`` are the placement scorer's. ``default_time_limit_s`` is the
-    limit assumed for a job without one when backfilling.
+    limit assumed for a job without one when backfilling. ``hint``: the last
+    pass's reservations, given only when nothing was freed since (a held one
+    is then kept if its rows are still free at its start: no search).
     """
     refused = {} if refused is None else refused
     ordered = policy.order(queue, running, now)
     if getattr(policy, "reserves", False):
         return easy_backfill(ordered, running, table, now, fit=fit, weights=weights, refused=refused,
-                             default_time_limit_s=default_time_limit_s)
+                             default_time_limit_s=default_time_limit_s, hint=hint)
     return greedy(ordered, table, fit=fit, weights=weights, refused=refused)
 
 

@@ -197,11 +197,13 @@ class Scheduler:
         """One pass over the candidates; returns how many started."""
         t0 = time.perf_counter()
         cluster = self.cluster
+        hint = () if self._changed else self.reservations  # nothing freed since: they still hold
         entries = self.candidates()  # may reset the refusal cache
         running = self.holding()
         now = time.time()
         result = decide([e.job for e in entries], running, cluster.table, self.policy, now, fit=cluster.fit,
-                        weights=cluster.weights, refused=self._refused, default_time_limit_s=self.default_time_limit_s)
+                        weights=cluster.weights, refused=self._refused, default_time_limit_s=self.default_time_limit_s,
+                        hint=hint)
         self.reasons.update(result.reasons)
         self.reservations = result.reservations
         for job, placed in result.started:

@@ -63,7 +63,7 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
     ends: list[tuple[float, int]] = []  # (end time, task id) heap
     refused: dict[tuple, dict[str, int]] = {}
     fresh: list[int] = []
-    held: list[int] = []
+    held: list = []  # the last pass's reservations
     order: list[int] = []
     changed, passes, i, n = True, 0, 0, len(rows)
     while i < n or ends:
@@ -83,20 +83,22 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
             keys[tid] = key = policy.key(job)
             bisect.insort(queue, (key, tid))
             fresh.append(tid)
+        hint = () if changed else held
         if changed:
             refused.clear()
             candidates = [jobs[t] for _, t in queue[:max_pass]]
             changed = False
         else:
-            tried = sorted({t for t in fresh + held if t in jobs}, key=keys.__getitem__)
+            tried = sorted({t for t in fresh + [r.task_id for r in held] if t in jobs}, key=keys.__getitem__)
             candidates = [jobs[t] for t in tried[:max_pass]]
         fresh = []
         if not candidates:
             continue
         result = decide(candidates, list(running.values()) if policy.reserves else (), table, policy, now,
-                        fit=fit, weights=weights, refused=refused, default_time_limit_s=default_time_limit_s)
+                        fit=fit, weights=weights, refused=refused, default_time_limit_s=default_time_limit_s,
+                        hint=hint)
         passes += 1
-        held = [r.task_id for r in result.reservations]
+        held = result.reservations
         for job, placed in result.started:
             tid = job.task_id
             pl.reserve(table, job.request, placed)

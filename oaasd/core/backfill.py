@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from oaasd.core import placement as pl
-from oaasd.core.jobs import INF, Job, PassResult, Reservation, Running, shape
+from oaasd.core.jobs import INF, Job, PassResult, Reservation, Running, may_fit
 from oaasd.core.placement.table import assume
 from oaasd.states import Reason
 
@@ -42,7 +42,8 @@ RESERVATION = Reason.RESERVATION.value
 
 def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.NodeTable, now: float, *,
                   fit: str, weights: np.ndarray | None, refused: dict[tuple, dict[str, int]],
-                  default_time_limit_s: float | None, hint: Sequence[Reservation] = ()) -> PassResult:
+                  default_time_limit_s: float | None, hint: Sequence[Reservation] = (),
+                  counts: bool = True) -> PassResult:
     """Start jobs in order until one does not fit, reserve for it, backfill behind it.
 
     ``hint``: the last pass's reservations, when nothing was freed since; the head's is
@@ -50,17 +51,17 @@ def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.
     """
     result = PassResult()
     work = table.copy()
-    ends = [(r.ends_at, r.placement) for r in running]
+    ends = _Ends(running)
     for i, job in enumerate(ordered):
-        key = shape(job.request)
+        key = job.shape
         counts = refused.get(key)
         if counts is None:
-            got = pl.place(work, job.request, fit, weights)
+            got = _place(work, job.request, fit, weights, counts)
             if isinstance(got, pl.Placement):
                 assume(work, got)
                 result.started.append((job, got))
                 limit = _limit(job, default_time_limit_s)
-                ends.append((INF if limit is None else now + limit, got))
+                ends.started.append((INF if limit is None else now + limit, got))
                 continue
             counts = refused.setdefault(key, dict(got.counts))
         result.reasons[job.task_id] = (RESOURCES, counts)
@@ -71,6 +72,7 @@ def easy_backfill(ordered: Sequence[Job], running: Sequence[Running], table: pl.
         start_at, placement, later = held
         result.reservations.append(Reservation(job.task_id, start_at, placement))
         _behind(ordered[i + 1:], work, later, start_at, now, result, fit=fit, weights=weights, refused=refused,
+                counts=counts,
                 default_time_limit_s=default_time_limit_s)
         break
     return result
@@ -80,11 +82,30 @@ def _limit(job: Job, default: float | None) -> float | None:
     return job.time_limit_s if job.time_limit_s is not None else default
 
 
-def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float, pl.Placement]], now: float,
+class _Ends:
+    """When what holds resources frees them: the running tasks, then what this pass started."""
+
+    def __init__(self, running: Sequence[Running]):
+        self.running = running
+        self.started: list[tuple[float, pl.Placement]] = []
+
+    def __len__(self) -> int:
+        return len(self.running) + len(self.started)
+
+    def times(self) -> np.ndarray:
+        """(m,) float end times, running first."""
+        return np.array([r.ends_at for r in self.running] + [t for t, _ in self.started], float)
+
+    def placement(self, j: int) -> pl.Placement:
+        n = len(self.running)
+        return self.running[j].placement if j < n else self.started[j - n][1]
+
+
+def reserve_for(work: pl.NodeTable, request: pl.Request, ends: _Ends, now: float,
                 fit: str, weights: np.ndarray | None,
                 kept: Reservation | None = None) -> tuple[float, pl.Placement, pl.NodeTable] | None:
     """(T, placement at T, the table at T with it taken) for a request that does not fit ``work``
-    now, from ``ends`` ((end time, placement) of what holds resources); None when it would not
+    now, from ``ends`` (end times and placements of what holds resources); None when it would not
     fit even after all of them ended. (T is ``now`` should it fit already.)
 
     Galloping, then bisection, over the ends in time order: a probe releases the first k
@@ -92,7 +113,7 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
     the k that frees enough costs about 2 log2(k) probes, each in proportion to k, not
     to everything running.
     """
-    times = np.fromiter((t for t, _ in ends), float, len(ends))
+    times = ends.times()
     order = np.argsort(times, kind="stable")
     finite = int(np.searchsorted(times[order], INF))
     built: list[np.ndarray] = []  # rows, use, core_use of the first ``len(offset) - 1`` ends, concatenated
@@ -103,7 +124,7 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
         if len(offset) - 1 >= k:
             return
         k = min(len(ends), max(k, 2 * (len(offset) - 1), 16))
-        placed = [ends[j][1] for j in order[:k].tolist()]
+        placed = [ends.placement(j) for j in order[:k].tolist()]
         built[:] = [np.concatenate([p.nodes for p in placed]), np.concatenate([p.use for p in placed]),
                     np.concatenate([p.core_use for p in placed])]
         offset[:] = [0, *np.cumsum([len(p.hosts) for p in placed]).tolist()]
@@ -114,7 +135,7 @@ def reserve_for(work: pl.NodeTable, request: pl.Request, ends: list[tuple[float,
         """The table once the first k have ended, and the request's placement on it."""
         start, done = base if base[1] <= k else (work, 0)
         t = _released(start, k, grow, offset, built, done)
-        got = pl.place(t, request, fit, weights) if _may_fit(t, request) else NO  # NO: skip a Refusal's counts
+        got = pl.place(t, request, fit, weights) if may_fit(t, request) else NO  # NO: skip a Refusal's counts
         if isinstance(got, pl.Refusal):
             base[:] = [t, k]  # it does not fit here: the answer lies past k, start from this table
         return t, got
@@ -175,39 +196,33 @@ def _released(start: pl.NodeTable, k: int, grow, offset: list[int], built: list[
     return t
 
 
+def _place(t: pl.NodeTable, request: pl.Request, fit: str, weights: np.ndarray | None,
+           counts: bool) -> pl.Placement | pl.Refusal:
+    """``place``; without ``counts``, a request a cheap check refuses gets ``NO`` (no node counts)."""
+    if not counts and not may_fit(t, request):
+        return NO
+    return pl.place(t, request, fit, weights)
+
+
 NO = pl.Refusal("Resources", {}, 0, 0, 0, ())  # a probe's "no": its counts are never shown
-
-
-def _may_fit(t: pl.NodeTable, request: pl.Request) -> bool:
-    """A necessary condition for ``place`` to succeed: enough worker slots on nodes passing the checks."""
-    ok = pl.passing(t, request, cores=False)
-    if request.workers == 1:
-        return bool(ok.any())
-    rows = ok.nonzero()[0]
-    if len(rows) == 0:
-        return False
-    cap = np.full(len(rows), request.workers, np.int64)
-    for r, amount in request.asked:
-        np.minimum(cap, t.free[rows, r] // amount, out=cap)
-    return int(cap.sum()) >= request.workers
 
 
 def _behind(rest: Sequence[Job], work: pl.NodeTable, later: pl.NodeTable, start_at: float, now: float,
             result: PassResult, *, fit: str, weights: np.ndarray | None, refused: dict[tuple, dict[str, int]],
-            default_time_limit_s: float | None) -> None:
+            default_time_limit_s: float | None, counts: bool = True) -> None:
     """Backfill ``rest`` behind a reservation from ``start_at`` (``later``: the table then, held rows taken)."""
     beside: pl.NodeTable | None = None  # min(work, later) row by row, made when first needed
     held: dict[tuple, dict[str, int]] = {}  # shapes that do not fit beside the reservation, this pass
     reasons = result.reasons
     for job in rest:
-        key = shape(job.request)
+        key = job.shape
         counts = refused.get(key)
         if counts is not None:
             reasons[job.task_id] = (RESOURCES, counts)
             continue
         limit = _limit(job, default_time_limit_s)
         if start_at < INF and limit is not None and now + limit <= start_at:  # gone before the head starts
-            got = pl.place(work, job.request, fit, weights)
+            got = _place(work, job.request, fit, weights, counts)
             if isinstance(got, pl.Refusal):
                 reasons[job.task_id] = (RESOURCES, refused.setdefault(key, dict(got.counts)))
                 continue
@@ -221,13 +236,13 @@ def _behind(rest: Sequence[Job], work: pl.NodeTable, later: pl.NodeTable, start_
             continue
         if beside is None:
             beside = _beside(work, later)
-        got = pl.place(beside, job.request, fit, weights)
+        got = _place(beside, job.request, fit, weights, counts)
         if isinstance(got, pl.Placement):  # fits both now and beside the head at start_at
             for t in (work, later, beside):
                 assume(t, got)
             result.started.append((job, got))
             continue
-        now_got = pl.place(work, job.request, fit, weights)  # a probe: is it the reservation that holds it?
+        now_got = _place(work, job.request, fit, weights, counts)  # a probe: is it the reservation that holds it?
         if isinstance(now_got, pl.Refusal):
             reasons[job.task_id] = (RESOURCES, refused.setdefault(key, dict(now_got.counts)))
         else:

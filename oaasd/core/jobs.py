@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from oaasd.core.placement import Placement, Request
+import numpy as np
+
+from oaasd.core.placement import NodeTable, Placement, Request, passing
 
 INF = math.inf
 
@@ -33,6 +35,10 @@ class Job:
     time_limit_s: float | None = None
     estimated_runtime_s: float | None = None
     preemptible: bool = False
+    shape: tuple = field(init=False, repr=False, compare=False)  # ``shape(request)``, made once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", shape(self.request))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +86,17 @@ class PassResult:
 def shape(r: Request) -> tuple:
     """A hashable shape of a request: equal shapes get equal placement answers on equal tables."""
     return (r.cpu_milli, r.memory_mb, r.gpus, r.cores, r.workers, r.label_key, r.spread, r.exclusive)
+
+
+def may_fit(t: NodeTable, request: Request) -> bool:
+    """A necessary condition for ``place`` to succeed: enough worker slots on nodes passing the checks."""
+    ok = passing(t, request, cores=False)
+    if request.workers == 1:
+        return bool(ok.any())
+    rows = ok.nonzero()[0]
+    if len(rows) == 0:
+        return False
+    cap = np.full(len(rows), request.workers, np.int64)
+    for r, amount in request.asked:
+        np.minimum(cap, t.free[rows, r] // amount, out=cap)
+    return int(cap.sum()) >= request.workers

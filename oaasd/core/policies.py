@@ -28,6 +28,7 @@ class Fifo:
 
     name: str = "fifo"
     reserves: bool = False
+    static: bool = True  # ``order`` is the sort by ``key``: a queue kept sorted by it is in order
 
     def key(self, job: Any) -> tuple:
         """The sort key of one queued job (smaller goes first)."""

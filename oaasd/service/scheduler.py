@@ -203,7 +203,7 @@ class Scheduler:
         now = time.time()
         result = decide([e.job for e in entries], running, cluster.table, self.policy, now, fit=cluster.fit,
                         weights=cluster.weights, refused=self._refused, default_time_limit_s=self.default_time_limit_s,
-                        hint=hint)
+                        hint=hint, presorted=True)
         self.reasons.update(result.reasons)
         self.reservations = result.reservations
         for job, placed in result.started:

@@ -96,7 +96,7 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
             continue
         result = decide(candidates, list(running.values()) if policy.reserves else (), table, policy, now,
                         fit=fit, weights=weights, refused=refused, default_time_limit_s=default_time_limit_s,
-                        hint=hint)
+                        hint=hint, presorted=True, counts=False)
         passes += 1
         held = result.reservations
         for job, placed in result.started:

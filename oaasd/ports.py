@@ -291,6 +291,7 @@ class Policy(Protocol):
 
     name: str
     reserves: bool  # the first job that does not fit holds a reservation (EASY backfill)
+    static: bool  # the key depends on the job alone; else on usage and time too (re-sorted now and then)
 
     def key(self, job: Any) -> tuple:
         """The sort key of one queued job (smaller goes first): the scheduler keeps its queue sorted by it."""

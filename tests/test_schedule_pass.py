@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from oaasd.config import SchedulerConfig
 from oaasd.core import placement as pl
 from oaasd.core.jobs import Job, Running
 from oaasd.core.policies import POLICIES, policy_named
@@ -116,7 +117,7 @@ def test_default_time_limit_lets_a_job_without_one_backfill():
 
 
 def test_unknown_policy_names_the_choices():
-    with pytest.raises(ValueError, match="fifo, backfill"):
+    with pytest.raises(ValueError, match="fifo, backfill, sjf, fair, priority"):
         policy_named("lottery")
     assert {"fifo", "backfill"} <= set(POLICIES)
 
@@ -183,3 +184,68 @@ def test_fifo_starts_exactly_what_one_place_queue_over_the_ordered_queue_places(
     result = decide(queue, [], table, policy_named("fifo"), 0.0)
     assert [(j.task_id, p.hosts) for j, p in result.started] == [
         (j.task_id, p.hosts) for j, p in zip(ordered, expected) if isinstance(p, pl.Placement)]
+
+
+# ---- the order of each policy on small queues -----------------------------------------------
+def order_of(policy, queue, running=(), now=100.0) -> list[int]:
+    return [j.task_id for j in policy.order(queue, list(running), now)]
+
+
+def user_job(task_id: int, user: str, cpus: float = 1, priority: int = 0, est: float | None = None,
+             limit: float | None = None, submitted_at: float | None = None) -> Job:
+    return Job(task_id, priority, float(task_id) if submitted_at is None else submitted_at,
+               pl.Request(cpu_milli=round(cpus * 1000)), user, limit, est)
+
+
+ORDERS = [
+    ("fifo: priority then submission", "fifo",
+     [user_job(1, "a"), user_job(2, "a", priority=5), user_job(3, "b")], [2, 1, 3]),
+    ("sjf: shortest estimate first", "sjf",
+     [user_job(1, "a", est=300), user_job(2, "a", est=10), user_job(3, "a", est=60)], [2, 3, 1]),
+    ("sjf: time limit when no estimate, neither last", "sjf",
+     [user_job(1, "a"), user_job(2, "a", limit=50), user_job(3, "a", est=100)], [2, 3, 1]),
+    ("sjf: own priority still first", "sjf",
+     [user_job(1, "a", est=300, priority=1), user_job(2, "a", est=10)], [1, 2]),
+]
+
+
+@pytest.mark.parametrize("name, policy, queue, expected", ORDERS, ids=[o[0] for o in ORDERS])
+def test_static_policy_orders(name, policy, queue, expected):
+    assert order_of(policy_named(policy), queue) == expected
+    p = policy_named(policy)
+    assert [j.task_id for j in sorted(queue, key=p.key)] == expected  # the key the queue is kept by
+
+
+def test_fair_puts_the_user_with_less_recent_usage_first_and_forgets_with_the_half_life():
+    table = table_of(8)
+    fair = policy_named("fair", SchedulerConfig(half_life_s=100.0))
+    heavy = [Running(90 + i, pl.Request(cpu_milli=1000), pl.place(table, pl.Request(cpu_milli=1000)), 0.0, None,
+                     user="a") for i in range(4)]
+    queue = [user_job(1, "a"), user_job(2, "b"), user_job(3, "a")]
+    assert order_of(fair, queue, heavy, now=0.0) == [1, 2, 3]  # no usage yet: submission order
+    assert order_of(fair, queue, heavy, now=50.0) == [2, 1, 3]  # a ran 4 cpus for 50 s
+    used = fair.ledger.usage["a"]
+    assert order_of(fair, queue, [], now=150.0) == [2, 1, 3]
+    assert fair.ledger.usage["a"] == pytest.approx(used / 2)  # one half-life later, half of it
+    fair_b = policy_named("fair", SchedulerConfig(half_life_s=100.0, shares={"a": 1000.0}))
+    light = Running(99, pl.Request(cpu_milli=1000), heavy[0].placement, 0.0, None, user="b")
+    order_of(fair_b, queue, [*heavy, light], now=0.0)
+    assert order_of(fair_b, queue, [*heavy, light], now=50.0) == [1, 3, 2]  # per share, a used less than b
+
+
+def test_priority_weighs_age_own_priority_size_and_qos():
+    cfg = SchedulerConfig(priority_weights={"age": 0, "fair_share": 0, "priority": 0, "size": 0, "qos": 1},
+                          qos={"vip": 1.0})
+    queue = [user_job(1, "a"), user_job(2, "vip"), user_job(3, "a")]
+    assert order_of(policy_named("priority", cfg), queue) == [2, 1, 3]
+    by_age = policy_named("priority", SchedulerConfig(priority_weights={"age": 1, "fair_share": 0, "priority": 0},
+                                                      max_age_s=100.0))
+    aged = [user_job(1, "a", submitted_at=90.0), user_job(2, "a", submitted_at=10.0)]
+    assert order_of(by_age, aged) == [2, 1]
+    f = by_age.factors(aged[1], 100.0)
+    assert f["age"] == pytest.approx(0.9) and set(f) == {"age", "fair_share", "size", "priority", "qos"}
+    small_first = policy_named("priority", SchedulerConfig(priority_weights={"age": 0, "fair_share": 0,
+                                                                              "priority": 0, "size": 1}))
+    assert order_of(small_first, [user_job(1, "a", cpus=4), user_job(2, "a", cpus=1)]) == [2, 1]
+    own = policy_named("priority", SchedulerConfig(priority_weights={"age": 0, "fair_share": 0, "priority": 1}))
+    assert order_of(own, [user_job(1, "a", priority=-3), user_job(2, "a", priority=7)]) == [2, 1]

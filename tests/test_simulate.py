@@ -126,4 +126,4 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, nodes):
     skipped = run_cli("--trace", str(trace), "--nodes", str(nodes), "--skip-bad", "--json")
     assert skipped.returncode == 0 and json.loads(skipped.stdout)["skipped_rows"] == 1
     bad_policy = run_cli("--trace", str(trace), "--nodes", str(nodes), "--policy", "lottery")
-    assert bad_policy.returncode == 2 and "choose one of fifo, backfill" in bad_policy.stderr
+    assert bad_policy.returncode == 2 and "choose one of fifo, backfill, sjf, fair, priority" in bad_policy.stderr

@@ -66,8 +66,8 @@ class Daemon:
     def _wire_tasks(self, settings: Settings) -> None:
         """The task path: scheduler -> runner (-> reporter) and the intake in front of them."""
         cfg = settings.scheduler
-        self.scheduler = Scheduler(self.cluster, policy_named(cfg.policy), self._placed, self.metrics, cfg.max_pass,
-                                   cfg.default_time_limit_s, self._started)
+        self.scheduler = Scheduler(self.cluster, policy_named(cfg.policy, cfg), self._placed, self.metrics,
+                                   cfg.max_pass, cfg.default_time_limit_s, self._started)
         self.runner = Runner(self.store, self.cluster, self.launchers, settings, self.events, self.metrics,
                              self.hooks, self.scheduler, self.fatal)
         self.intake = Intake(self.store, self.cluster, self.scheduler, self.events, self.hooks, self.runner.cancel)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from oaasd.core import placement as pl
 from oaasd.core.jobs import Job, Reservation, Running
+from oaasd.core.policies import RESORT_S
 from oaasd.core.schedule import decide
 from oaasd.models import TaskSpec
 from oaasd.ports import Placed, Policy
@@ -83,6 +84,7 @@ class Scheduler:
         self._refused: dict[tuple, dict[str, int]] = {}  # request shapes refused since the last change
         self.last_pass_s = 0.0
         self.passes = 0
+        self._sorted_at = 0.0
 
     @property
     def queue_length(self) -> int:
@@ -94,12 +96,27 @@ class Scheduler:
         self.max_pass = max_pass
         self.default_time_limit_s = default_time_limit_s
         if policy != self.policy:
-            self.policy = policy
-            for entry in self.queue:
-                entry.key = policy.key(entry.job)
-            self.queue.sort()
+            old, self.policy = self.policy, policy
+            if getattr(old, "name", None) == policy.name and hasattr(policy, "ledger"):
+                policy.ledger = old.ledger  # a reload keeps the usage history
+            self.resort()
             self.reservations = []
         self.wake()
+
+    def resort(self) -> None:
+        """Re-key and sort the whole queue (a new policy, or a key that changes with time)."""
+        for entry in self.queue:
+            entry.key = self.policy.key(entry.job)
+        self.queue.sort()
+        self._sorted_at = time.time()
+
+    def priority_factors(self, task_id: int) -> dict[str, float] | None:
+        """A queued task's priority factors and their weighted sum under ``priority`` (else None)."""
+        entry = self._ids.get(task_id)
+        factors = getattr(self.policy, "factors", None)
+        if entry is None or factors is None:
+            return None
+        return {**factors(entry.job), "score": self.policy.score(entry.job)}
 
     def add(self, task_id: int, priority: int, submitted_at: float, request: pl.Request,
             spec: TaskSpec | None = None) -> None:
@@ -168,7 +185,7 @@ class Scheduler:
     def holding(self) -> list[Running]:
         """What holds resources on the cluster now, with its start and limit (pruned of what ended)."""
         held = self.cluster.reservations
-        if not self.policy.reserves:  # not needed by the pass: pruned only once it has doubled (amortised)
+        if self.policy.static and not self.policy.reserves:  # not needed: pruned once it has doubled (amortised)
             if len(self.running) > 2 * len(held) + 64:
                 self._prune(held)
             return []
@@ -197,6 +214,8 @@ class Scheduler:
         """One pass over the candidates; returns how many started."""
         t0 = time.perf_counter()
         cluster = self.cluster
+        if not self.policy.static and time.time() - self._sorted_at >= RESORT_S:
+            self.resort()  # the keys moved with usage and age: the head of the queue is found again
         hint = () if self._changed else self.reservations  # nothing freed since: they still hold
         entries = self.candidates()  # may reset the refusal cache
         running = self.holding()

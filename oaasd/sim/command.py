@@ -17,7 +17,7 @@ import time
 # numpy and the placement core load only when the sub-command runs: the
 # client commands registered next to it start without them.
 
-POLICY_NAMES = ("fifo", "backfill")  # as oaasd.core.policies.POLICIES (a test keeps them equal)
+POLICY_NAMES = ("fifo", "backfill", "sjf", "fair", "priority")  # as oaasd.core.policies.POLICIES (a test keeps them equal)
 FITS = ("first", "best", "worst", "least_allocated", "most_allocated", "balanced")
 
 

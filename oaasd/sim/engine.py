@@ -15,6 +15,7 @@ one holding a reservation are tried).
 from __future__ import annotations
 
 import bisect
+import copy
 import heapq
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 
 from oaasd.core import placement as pl
 from oaasd.core.jobs import Job, Running
+from oaasd.core.policies import RESORT_S
 from oaasd.core.schedule import decide
 from oaasd.sim.trace import TraceRow
 
@@ -54,7 +56,7 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
              weights: np.ndarray | None = None, max_pass: int = 1000,
              default_time_limit_s: float | None = None) -> SimRun:
     """Replay ``rows`` (sorted by submit_s) on an idle copy of ``table`` under ``policy``."""
-    table = table.copy()
+    table, policy = table.copy(), copy.deepcopy(policy)  # a policy's usage ledger starts empty each replay
     outcomes = [Outcome(i + 1, r) for i, r in enumerate(rows)]
     jobs: dict[int, Job] = {}
     queue: list[tuple[tuple, int]] = []  # (policy key, task id), sorted
@@ -65,7 +67,7 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
     fresh: list[int] = []
     held: list = []  # the last pass's reservations
     order: list[int] = []
-    changed, passes, i, n = True, 0, 0, len(rows)
+    changed, passes, i, n, sorted_at = True, 0, 0, len(rows), -math.inf
     while i < n or ends:
         now = min(rows[i].submit_s if i < n else math.inf, ends[0][0] if ends else math.inf)
         while ends and ends[0][0] <= now:
@@ -83,6 +85,10 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
             keys[tid] = key = policy.key(job)
             bisect.insort(queue, (key, tid))
             fresh.append(tid)
+        if not policy.static and now - sorted_at >= RESORT_S:  # keys moved with usage and age
+            queue = sorted((policy.key(jobs[t]), t) for _, t in queue)
+            keys.update({t: k for k, t in queue})
+            sorted_at = now
         hint = () if changed else held
         if changed:
             refused.clear()
@@ -94,7 +100,8 @@ def simulate(rows: Sequence[TraceRow], table: pl.NodeTable, policy: Any, *, fit:
         fresh = []
         if not candidates:
             continue
-        result = decide(candidates, list(running.values()) if policy.reserves else (), table, policy, now,
+        result = decide(candidates, list(running.values()) if policy.reserves or not policy.static else (), table,
+                        policy, now,
                         fit=fit, weights=weights, refused=refused, default_time_limit_s=default_time_limit_s,
                         hint=hint, presorted=True, counts=False)
         passes += 1

@@ -40,7 +40,7 @@ def cluster() -> NodeTable:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=10_000)
-    ap.add_argument("--rate", type=float, default=2.5, help="mean arrivals per second")
+    ap.add_argument("--rate", type=float, default=4.0, help="mean arrivals per second (4: the cluster is contended)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     rows, table = generate(args.tasks, seed=7, rate_per_s=args.rate), cluster()

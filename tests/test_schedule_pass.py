@@ -147,11 +147,8 @@ def scenarios(draw):
     return table, running, queue, draw(st.sampled_from([1.0, 5.0]))
 
 
-@SETTINGS
-@given(scenarios())
-def test_no_backfilled_job_holds_what_the_reservation_needs_at_its_start(scenario):
-    table, running, queue, now = scenario
-    result = decide(queue, running, table, policy_named("backfill"), now)
+def assert_reservation_kept(table, running, queue, now, result) -> None:
+    """Reserve the pass's starts on ``table``, then check the head's placement fits at its start."""
     for j, placed in result.started:  # every start fits the table, in order
         pl.reserve(table, j.request, placed)
     if not result.reservations:
@@ -163,15 +160,32 @@ def test_no_backfilled_job_holds_what_the_reservation_needs_at_its_start(scenari
     # At the reservation's start: what started ahead of the head counts as running; of what started
     # behind it (backfilled), only a job whose limit ended by then is gone. The head's placement
     # must fit what is left. (inf: known only once those without a limit ended, and they have.)
-    at = held.start_at
+    at, t = held.start_at, table.copy()
     for r in running:
         if r.ends_at <= at:
-            pl.release(table, r.request, r.placement)
+            pl.release(t, r.request, r.placement)
     for j, placed in result.started:
         ends = math.inf if j.time_limit_s is None else now + j.time_limit_s
         if ends <= at and (rank[j.task_id] < rank[head.task_id] or ends < math.inf):
-            pl.release(table, j.request, placed)
-    pl.reserve(table, head.request, held.placement)  # raises ValueError when something took its rows
+            pl.release(t, j.request, placed)
+    pl.reserve(t, head.request, held.placement)  # raises ValueError when something took its rows
+
+
+@SETTINGS
+@given(scenarios(), st.integers(0, 3))
+def test_no_backfilled_job_holds_what_the_reservation_needs_at_its_start(scenario, later):
+    table, running, queue, now = scenario
+    policy = policy_named("backfill")
+    result = decide(queue, running, table, policy, now)
+    assert_reservation_kept(table, running, queue, now, result)
+    # A next pass with only new jobs (nothing freed) keeps the reservation through ``hint``: still kept.
+    running = running + [Running(j.task_id, j.request, p, now, j.time_limit_s) for j, p in result.started]
+    started = {j.task_id for j, _ in result.started}
+    queue = [j for j in queue if j.task_id not in started]
+    queue += [Job(50 + i, 0, 50.0 + i, pl.Request(cpu_milli=1000), time_limit_s=[None, 2.0, 50.0][i % 3])
+              for i in range(later)]
+    again = decide(queue, running, table, policy, now + 1, hint=result.reservations)
+    assert_reservation_kept(table, running, queue, now + 1, again)
 
 
 @SETTINGS

@@ -263,3 +263,16 @@ def test_priority_weighs_age_own_priority_size_and_qos():
     assert order_of(small_first, [user_job(1, "a", cpus=4), user_job(2, "a", cpus=1)]) == [2, 1]
     own = policy_named("priority", SchedulerConfig(priority_weights={"age": 0, "fair_share": 0, "priority": 1}))
     assert order_of(own, [user_job(1, "a", priority=-3), user_job(2, "a", priority=7)]) == [2, 1]
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(-3, 3), st.integers(1, 4), st.floats(0, 99)),
+                min_size=1, max_size=8),
+       st.dictionaries(st.sampled_from(["age", "fair_share", "size", "priority", "qos"]), st.floats(-5, 5)))
+def test_the_priority_key_is_the_weighted_sum_of_the_factors_shown(jobs, weights):
+    p = policy_named("priority", SchedulerConfig(priority_weights=weights, qos={"b": 0.5}, max_age_s=50.0))
+    queue = [user_job(i, u, cpus=c, priority=pr, submitted_at=t) for i, (u, pr, c, t) in enumerate(jobs)]
+    p.ledger.usage = {"a": 5000.0}
+    p.order(queue, [], 100.0)
+    for j in queue:
+        assert -p.key(j)[0] == pytest.approx(p.score(j), abs=1e-9)

@@ -17,6 +17,7 @@ import numpy as np
 from oaasd.core.placement import NodeTable, Placement, Request, passing
 
 INF = math.inf
+GPU_CPUS = 8.0  # a GPU-second is charged as this many cpu-seconds (fair share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +53,12 @@ class Running:
     time_limit_s: float | None = None
     user: str = "anonymous"
     ends_at: float = field(init=False)  # the latest time it can still hold its resources (inf: no limit)
+    rate: float = field(init=False)  # usage charged per second: cpus + GPU_CPUS per GPU, times workers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ends_at", INF if self.time_limit_s is None else self.started_at + self.time_limit_s)
+        r = self.request
+        object.__setattr__(self, "rate", r.workers * (r.cpu_milli / 1000 + GPU_CPUS * r.gpus))
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,11 +86,12 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """The same comparison as a Markdown table (for RESULTS)."""
-    head = "| policy | jct avg s | jct p50 | jct p95 | jct p99 | wait avg s | wait p95 | makespan s | util cpu | util gpu | Jain |"
+    head = ("| policy | jct avg s | jct p50 | jct p95 | jct p99 | wait avg s | wait p95 | wait p99 | makespan s "
+            "| util cpu | util gpu | Jain | timed out |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for m in results:
         out.append("| " + " | ".join(_fmt(x) for x in (
             m["policy"], m["jct_s"]["avg"], m["jct_s"]["p50"], m["jct_s"]["p95"], m["jct_s"]["p99"],
-            m["wait_s"]["avg"], m["wait_s"]["p95"], m["makespan_s"], m["utilization"]["cpu"],
-            m["utilization"]["gpus"], m["fairness_jain"])) + " |")
+            m["wait_s"]["avg"], m["wait_s"]["p95"], m["wait_s"]["p99"], m["makespan_s"], m["utilization"]["cpu"],
+            m["utilization"]["gpus"], m["fairness_jain"], m["timed_out"])) + " |")
     return "\n".join(out)

@@ -260,7 +260,7 @@ class Queue(Protocol):
     default_time_limit_s: float | None  # ``[scheduler] default_time_limit_s``: intake gives it to tasks without one
 
     def add(self, task_id: int, priority: int, submitted_at: float, request: Any, spec: Any = None) -> None:
-        """Queue a committed PENDING task; ``spec`` (its TaskSpec: user, limits) None keeps what is known (a requeue)."""
+        """Queue a committed PENDING task; ``spec`` (its TaskSpec: user, limits) None keeps what is known."""
 
     def discard(self, task_id: int) -> bool:
         """Drop a task from the queue (cancelled); False if it was not queued."""

@@ -1,6 +1,7 @@
 """``oaasd simulate``: compare policies on a trace before switching one on.
 
-    oaasd simulate --trace FILE --nodes FILE --policy fifo,backfill [--fit best] [--json] [--skip-bad]
+    oaasd simulate --trace FILE --nodes FILE --policy fifo,backfill [--fit best] [--json]
+                   [--skip-bad]
     oaasd simulate --generate N --out FILE [--seed S] [--users U] [--rate R]
 
 Exit codes: 0, 2 for a bad trace, nodes file or option (the message names
@@ -17,7 +18,7 @@ import time
 # numpy and the placement core load only when the sub-command runs: the
 # client commands registered next to it start without them.
 
-POLICY_NAMES = ("fifo", "backfill", "sjf", "fair", "priority")  # as oaasd.core.policies.POLICIES (a test keeps them equal)
+POLICY_NAMES = ("fifo", "backfill", "sjf", "fair", "priority")  # as core.policies.POLICIES (a test checks)
 FITS = ("first", "best", "worst", "least_allocated", "most_allocated", "balanced")
 
 
@@ -88,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(markdown(results))
     else:
-        print(f"{len(rows)} tasks on {len(cluster.names)} nodes" + (f" ({skipped} bad rows skipped)" if skipped else ""))
+        skip = f" ({skipped} bad rows skipped)" if skipped else ""
+        print(f"{len(rows)} tasks on {len(cluster.names)} nodes{skip}")
         print(table(results))
     return 0

@@ -90,12 +90,23 @@ class ServerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    """``[scheduler]``: queue policy and placement fit."""
+    """``[scheduler]``: queue policy and placement fit (policy names as in ``oaasd.core.policies``)."""
 
-    policy: Literal["fifo"] = "fifo"
+    policy: Literal["fifo", "backfill", "sjf", "fair", "priority"] = Field(
+        "fifo", description="fifo: any later task that fits starts; backfill: EASY backfill with a reservation")
     fit: Literal["first", "best", "worst", "least_allocated", "most_allocated", "balanced"] = "best"
     weights: dict[Literal["cpu", "memory", "gpus"], float] = Field(default_factory=dict)
     max_pass: int = Field(1000, ge=1, description="pending tasks examined per scheduling pass")
+    default_time_limit_s: float | None = Field(
+        None, gt=0, le=365 * 86400, description="time limit of a task (not a pipeline replica) submitted without one")
+    half_life_s: float = Field(86400.0, gt=0, description="fair, priority: usage halves every this long")
+    shares: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="fair, priority: a user's share (default 1)")
+    priority_weights: dict[Literal["age", "fair_share", "size", "priority", "qos"],
+                           Annotated[float, Field(ge=-1e9, le=1e9)]] = Field(default_factory=dict)
+    max_age_s: float = Field(7 * 86400.0, gt=0, description="priority: waiting this long gives the full age factor")
+    qos: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="priority: a user's QOS factor in [0, 1]")
 
 
 class GpuDevice(Section):

@@ -93,6 +93,8 @@ class TaskSpec(Strict):
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)
     time_limit_s: float | None = Field(None, gt=0, le=365 * 86400)
+    estimated_runtime_s: float | None = Field(
+        None, gt=0, le=365 * 86400, description="the user's guess of the run time (policy sjf); never enforced")
     max_retries: int = Field(1, ge=0, le=100, description="requeues after a node failure or lost attempt")
     labels: dict[str, str] = Field(default_factory=dict, max_length=64, description="node labels to match")
     placement: Literal["pack", "spread"] = "pack"

@@ -3,9 +3,10 @@
 Reading this module shows the architecture. A submission enters through
 ``Intake`` (the one submit verb of user tasks, tuning trials and pipeline
 replicas), is committed by the ``TaskStore`` and joins the ``Queue``; the
-scheduler asks its ``Policy`` for the queue order, places with the pure
-functions of ``oaasd.core.placement`` and hands what it placed to the
-runner, which asks a ``Launcher`` to start the attempt and gets back a
+scheduler hands its queue, what runs and its ``Policy`` to the pure pass
+``oaasd.core.schedule.decide`` (which orders by the policy and places with
+the functions of ``oaasd.core.placement``), reserves what it started and
+hands that to the runner, which asks a ``Launcher`` to start the attempt and gets back a
 ``Handle``. The result reporter turns the Handle's ``Exit`` and the
 reported lines into store verbs, tells an ``EventSink`` and fans out
 through ``Hooks`` (tunings and callbacks subscribe there: the reporter never
@@ -262,8 +263,10 @@ class TaskStore(Protocol):
 class Queue(Protocol):
     """The pending queue the scheduler places from."""
 
-    def add(self, task_id: int, priority: int, submitted_at: float, request: Any) -> None:
-        """Queue a committed PENDING task."""
+    default_time_limit_s: float | None  # ``[scheduler] default_time_limit_s``: intake gives it to tasks without one
+
+    def add(self, task_id: int, priority: int, submitted_at: float, request: Any, spec: Any = None) -> None:
+        """Queue a committed PENDING task; ``spec`` (its TaskSpec: user, limits) None keeps what is known."""
 
     def discard(self, task_id: int) -> bool:
         """Drop a task from the queue (cancelled); False if it was not queued."""
@@ -286,15 +289,21 @@ class Intake(Protocol):
 
 
 class Policy(Protocol):
-    """Orders the pending queue (pure): the scheduler places in that order."""
+    """Orders the pending queue (pure); ``oaasd.core.schedule.decide`` runs the pass in that order.
+
+    Jobs are ``oaasd.core.jobs.Job`` (id, priority, submission, user, limits,
+    request); running tasks ``oaasd.core.jobs.Running`` (placement, start, limit).
+    """
 
     name: str
+    reserves: bool  # the first job that does not fit holds a reservation (EASY backfill)
+    static: bool  # the key depends on the job alone; else on usage and time too (re-sorted now and then)
 
-    def key(self, priority: int, task_id: int, submitted_at: float) -> tuple:
-        """The sort key of one queued task (smaller goes first)."""
+    def key(self, job: Any) -> tuple:
+        """The sort key of one queued job (smaller goes first): the scheduler keeps its queue sorted by it."""
 
-    def order(self, pending: Sequence[Any], now: float) -> list[Any]:
-        """The pending entries (with ``priority``, ``task_id``, ``submitted_at``) in placement order."""
+    def order(self, queue: Sequence[Any], running: Sequence[Any], now: float) -> list[Any]:
+        """The jobs of ``queue`` in placement order, given what runs and the time."""
 
 
 class Handle(Protocol):

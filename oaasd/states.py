@@ -40,6 +40,7 @@ class Reason(StrEnum):
     RESOURCES = "Resources"
     PRIORITY = "Priority"
     REQ_NODE_NOT_AVAIL = "ReqNodeNotAvail"
+    RESERVATION = "Reservation"  # fits now, but only on resources held for an earlier task (backfill)
     PLACED = "Placed"
     EXITED = "Exited"
     NON_ZERO_EXIT = "NonZeroExitCode"

@@ -25,7 +25,7 @@ LAYERS = [
     ("edges", ["oaasd.http", "oaasd.client"]),
     ("service", ["oaasd.service", "oaasd.tuning.driver", "oaasd.tuning.workers", "oaasd.tuning.trials",
                  "oaasd.pipeline.loop", "oaasd.pipeline.actuators", "oaasd.pipeline.sources"]),
-    ("io", ["oaasd.store", "oaasd.launchers"]),
+    ("io", ["oaasd.store", "oaasd.launchers", "oaasd.sim"]),
     ("cores", ["oaasd.core", "oaasd.tuning", "oaasd.pipeline"]),
     ("vocabulary", ["oaasd.ports", "oaasd.states", "oaasd.models", "oaasd.errors", "oaasd.config"]),
 ]

@@ -96,3 +96,15 @@ def test_the_store_has_every_verb_of_the_task_store_port():
     for name in verbs:
         port = set(inspect.signature(getattr(TaskStore, name)).parameters) - {"fields"}  # **fields: keywords
         assert port <= set(inspect.signature(getattr(Store, name)).parameters), name
+
+
+async def test_default_time_limit_is_given_to_tasks_without_one_but_not_to_replicas(world):
+    store, intake, scheduler, sink = world
+    scheduler.default_time_limit_s = 30.0
+    plain, _, _ = await intake.submit(SPEC)
+    own, _, _ = await intake.submit(TaskSpec.model_validate({"command": ["true"], "time_limit_s": 5}))
+    replica, _, _ = await intake.submit(SPEC, ReplicaLink(7, "detect", "small", 4))
+    limits = {tid: TaskSpec.model_validate_json((await store.get_task(tid))["spec"]).time_limit_s
+              for tid in (plain, own, replica)}
+    assert limits == {plain: 30.0, own: 5.0, replica: None}
+    assert scheduler._ids[plain].job.time_limit_s == 30.0  # the scheduler backfills with the stored limit

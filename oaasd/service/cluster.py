@@ -15,6 +15,7 @@ import numpy as np
 
 from oaasd.config import NodeConfig, Settings
 from oaasd.core import placement as pl
+from oaasd.core.jobs import shape
 from oaasd.models import TaskSpec
 from oaasd.ports import Binding, Host
 
@@ -243,9 +244,8 @@ class Cluster:
 
 
 def request_key(r: pl.Request) -> tuple:
-    """A hashable shape of a request: equal keys get equal placement answers."""
-    return (r.cpu_milli, r.memory_mb, r.gpu_milli, r.cores, r.workers, tuple(sorted(r.labels.items())),
-            r.spread, r.exclusive, r.gpu_type)
+    """A hashable shape of a request: equal keys get equal placement answers (``jobs.shape``, the one definition)."""
+    return shape(r)
 
 
 def resources(row: np.ndarray) -> dict[str, Any]:

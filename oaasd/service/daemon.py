@@ -66,7 +66,8 @@ class Daemon:
     def _wire_tasks(self, settings: Settings) -> None:
         """The task path: scheduler -> runner (-> reporter) and the intake in front of them."""
         cfg = settings.scheduler
-        self.scheduler = Scheduler(self.cluster, policy_named(cfg.policy), self._placed, self.metrics, cfg.max_pass)
+        self.scheduler = Scheduler(self.cluster, policy_named(cfg.policy, cfg), self._placed, self.metrics,
+                                   cfg.max_pass, cfg.default_time_limit_s, self._started)
         self.runner = Runner(self.store, self.cluster, self.launchers, settings, self.events, self.metrics,
                              self.hooks, self.scheduler, self.fatal)
         self.intake = Intake(self.store, self.cluster, self.scheduler, self.events, self.hooks, self.runner.cancel)
@@ -90,6 +91,11 @@ class Daemon:
 
     def _placed(self, placed) -> None:
         self.runner.dispatch(placed)  # late-bound: the runner is made after the scheduler
+
+    def _started(self, task_id: int) -> tuple[float | None, float | None] | None:
+        """(started_at, time_limit_s) of a running attempt (one adopted at start), for reservations."""
+        run = self.runner.runs.get(task_id)
+        return None if run is None else (run.started_at, run.spec.time_limit_s)
 
     # ---- life cycle -------------------------------------------------
     async def start(self) -> None:

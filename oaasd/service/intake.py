@@ -3,7 +3,9 @@
 A submission is refused at once when no node could ever hold it (422 with
 the reasons), committed by the store (group commit; a trial's or replica's
 link row in the same transaction), queued, and published, in that order:
-persist, then act. Admission against the owner's limits happens before, in
+persist, then act. A task without ``time_limit_s`` gets ``[scheduler]
+default_time_limit_s`` first, when one is set (pipeline replicas, which
+serve until stopped, do not). Admission against the owner's limits happens before, in
 the caller (``Users.admission``), because a tuning or a pipeline asks for
 several at once.
 
@@ -26,6 +28,7 @@ from oaasd.ports import (
     Hooks,
     Link,
     Queue,
+    ReplicaLink,
     Submitted,
     TaskEnd,
     TaskStore,
@@ -67,10 +70,13 @@ class Intake:
         returns the existing task with ``created`` False.
         """
         request = self.request_for(spec)
+        default_limit = getattr(self.queue, "default_time_limit_s", None)
+        if spec.time_limit_s is None and default_limit is not None and not isinstance(link, ReplicaLink):
+            spec = spec.model_copy(update={"time_limit_s": default_limit})  # enforced like one it gave
         task = NewTask.from_spec(spec, parent_id=link.tuning_id if isinstance(link, TrialLink) else None)
         task_id, created = await self.store.submit(task, link)
         if created:
-            self.queue.add(task_id, task.priority, task.submitted_at, request)
+            self.queue.add(task_id, task.priority, task.submitted_at, request, spec)
             self.events.publish({"type": "state", "task_id": task_id, "user": task.user, "old": None,
                                  "new": State.PENDING.value, "reason": Reason.SUBMITTED.value})
         return Submitted(task_id, created, task.submitted_at)

@@ -43,4 +43,5 @@ async def recover(store: TaskStore, cluster: Cluster, runner: Runner, intake: In
         if cancel_reason is not None:
             await intake.cancel_pending(task_id, cancel_reason, json.loads(spec).get("callback_url"))
             continue
-        queue.add(task_id, priority, submitted_at, cluster.request_for(TaskSpec.model_validate_json(spec)))
+        parsed = TaskSpec.model_validate_json(spec)
+        queue.add(task_id, priority, submitted_at, cluster.request_for(parsed), parsed)

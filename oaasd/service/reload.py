@@ -86,7 +86,8 @@ class Reload:
         for key in (*reloadable, "nodes"):
             setattr(old, key, getattr(new, key))
         self.cluster.rebuild()
-        self.scheduler.configure(policy_named(new.scheduler.policy), new.scheduler.max_pass)  # wakes it
+        self.scheduler.configure(policy_named(new.scheduler.policy, new.scheduler), new.scheduler.max_pass,
+                                 new.scheduler.default_time_limit_s)  # wakes it
         for line in changes or ["nothing changed"]:
             log.info("reload: %s", line)
         return changes

@@ -369,3 +369,24 @@ def test_control_characters_in_tables_are_escaped(cli, d):
     ok(cli("drain", "local", "--reason", "maint\x1b]0;pwned\x07\nlocal  IDLE", url=url_of(d)))
     nodes = ok(cli("nodes", env={"COLUMNS": "200"}, url=url_of(d)))
     assert "\x1b" not in nodes and "maint\\x1b]0;pwned\\x07\\nlocal  IDLE" in nodes and len(nodes.splitlines()) == 2
+
+
+def test_status_priority_shows_each_pending_tasks_factors_by_score(cli, daemon_factory):
+    d = daemon_factory('[scheduler]\npolicy = "priority"\n'
+                       'priority_weights = {age = 0, fair_share = 0, size = 0, priority = 1, qos = 0}\n'
+                       '[[nodes]]\nname = "one"\ncpus = 1\nmemory_mb = 1000\n')
+    blocker = d.submit({"command": ["sleep", "60"], "require_result": False, "resources": {"cpus": 1}})
+    until(lambda: d.task(blocker)["state"] == "RUNNING")
+    low = d.submit({"name": "low", "command": ["true"], "priority": 1, "resources": {"cpus": 1}})
+    high = d.submit({"name": "high", "command": ["true"], "priority": 9, "resources": {"cpus": 1}})
+    view = until(lambda: d.task(high).get("priority_factors") and d.task(high))
+    factors = view["priority_factors"]
+    assert set(factors) == {"age", "fair_share", "size", "priority", "qos", "score"}, factors
+    assert factors["score"] == factors["priority"] == pytest.approx(0.5 + 9 / 38)  # own 9, weight 1
+    assert d.task(low)["priority_factors"]["score"] == pytest.approx(0.5 + 1 / 22)  # the same whatever is queued
+    lines = ok(cli("status", "--priority", url=url_of(d))).splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "USER", "AGE"]
+    assert [line.split()[1] for line in lines[1:]] == ["high", "low"]  # highest score first; the running one not listed
+    # under another policy there are no factors, and the command says so
+    fifo = daemon_factory()
+    assert "no pending task has priority factors" in ok(cli("status", "--priority", url=url_of(fifo)))

@@ -263,6 +263,11 @@ def test_priority_weighs_age_own_priority_size_and_qos():
     assert order_of(small_first, [user_job(1, "a", cpus=4), user_job(2, "a", cpus=1)]) == [2, 1]
     own = policy_named("priority", SchedulerConfig(priority_weights={"age": 0, "fair_share": 0, "priority": 1}))
     assert order_of(own, [user_job(1, "a", priority=-3), user_job(2, "a", priority=7)]) == [2, 1]
+    # the own-priority factor does not depend on what else is queued: a new extreme changes no other key
+    alone = own.key(user_job(1, "a", priority=1))
+    own.order([user_job(1, "a", priority=1), user_job(5, "a", priority=1000)], [], 0.0)
+    assert own.key(user_job(1, "a", priority=1)) == alone
+    assert [own.factors(user_job(1, "a", priority=p))["priority"] for p in (-10, 0, 10)] == [0.25, 0.5, 0.75]
 
 
 @SETTINGS

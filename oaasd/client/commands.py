@@ -57,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--state", choices=[s.value for s in State])
     p.add_argument("--limit", type=int, default=100, help="newest tasks to list (default 100)")
+    p.add_argument("--priority", action="store_true",
+                   help="pending tasks with their priority factors, highest score first (like sprio)")
     p.add_argument("--json", action="store_true", help="print the server's JSON answer")
     p.set_defaults(func=_guarded(cmd_status))
     p = sub.add_parser("logs", parents=[common], help="print a task's stdout")
@@ -222,16 +224,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         view = client.task(args.id)
         print(json.dumps(view, indent=2) if args.json else "\n".join(task_lines(view, time.time())))
         return 0
-    items = client.tasks(args.state, args.limit)
+    items = client.tasks(State.PENDING.value if args.priority else args.state, args.limit)
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
     now = time.time()
+    if args.priority:
+        print("\n".join(priority_table(items)))
+        return 0
     rows = [[t["id"], t["name"], t["user"], t["state"], t.get("reason") or "", t["attempt_count"],
              age(now - t["submitted_at"])] for t in items]
     headers = ["ID", "NAME", "USER", "STATE", "REASON", "ATTEMPTS", "AGE"]
     print("\n".join(table(headers, rows, terminal_width(), shrink=(1, 4, 2))))
     return 0
+
+
+PRIORITY_COLUMNS = ("age", "fair_share", "size", "priority", "qos", "score")
+
+
+def priority_table(items: list[dict[str, Any]]) -> list[str]:
+    """``status --priority``: pending tasks by score, each factor a column; a note when there are none."""
+    scored = sorted((t for t in items if t.get("priority_factors")), key=lambda t: -t["priority_factors"]["score"])
+    if not scored:
+        return ["no pending task has priority factors (the policy is not 'priority', or nothing is pending)"]
+    rows = [[t["id"], t["name"], t["user"], *(f"{t['priority_factors'].get(c, 0.0):.3f}" for c in PRIORITY_COLUMNS)]
+            for t in scored]
+    return table(["ID", "NAME", "USER", *(c.upper() for c in PRIORITY_COLUMNS)], rows, terminal_width(), shrink=(1,))
 
 
 def task_lines(view: dict[str, Any], now: float) -> list[str]:

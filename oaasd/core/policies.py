@@ -119,6 +119,12 @@ class Fair:
 
 
 PRIORITY_FACTORS = ("age", "fair_share", "size", "priority", "qos")
+PRIORITY_SCALE = 10.0  # own priority at which its factor is 3/4 (and -10 at 1/4)
+
+
+def own_factor(priority: int) -> float:
+    """A task's own priority as a factor in (0, 1): monotone, 1/2 at 0, independent of the queue."""
+    return 0.5 + priority / (2.0 * (abs(priority) + PRIORITY_SCALE))
 
 
 @dataclass(eq=False)
@@ -127,9 +133,10 @@ class Priority:
 
     age: waited / ``max_age_s`` (capped at 1); fair_share: ``2 ** -(usage / share /
     FAIR_SCALE)``; size: ``1 / (1 + cpus asked)`` (small first; a negative weight favours
-    wide jobs); priority: the task's own, scaled to [0, 1] between the lowest and highest
-    in the queue last ordered (all equal: 1); qos: the
-    user's ``qos`` factor (default 0). Ties: submission order.
+    wide jobs); priority: the task's own ``p`` as ``own_factor(p)`` = 1/2 + p / (2 (|p| +
+    PRIORITY_SCALE)), in (0, 1), 1/2 for the default 0, the same whatever else is queued (a
+    factor scaled by the queue's own span would change every task's key whenever a new
+    extreme arrived); qos: the user's ``qos`` factor (default 0). Ties: submission order.
     """
 
     name: str = "priority"
@@ -142,15 +149,13 @@ class Priority:
     shares: dict[str, float] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)
     now: float = 0.0
-    span: tuple[int, int] = (0, 0)  # lowest and highest own priority in the last ordered queue
 
     def factors(self, job: Any, now: float | None = None) -> dict[str, float]:
         """Each factor of one job in [0, 1] (the ``sprio`` view)."""
         now = self.now if now is None else now
         used = self.ledger.share_used(job.user, self.shares)
         cpus = job.request.workers * job.request.cpu_milli / 1000
-        low, high = self.span
-        own = 1.0 if high <= low else min(max((job.priority - low) / (high - low), 0.0), 1.0)
+        own = own_factor(job.priority)
         return {"age": min(max(now - job.submitted_at, 0.0) / self.max_age_s, 1.0),
                 "fair_share": 2.0 ** (-used / FAIR_SCALE), "size": 1.0 / (1.0 + cpus),
                 "priority": own, "qos": self.qos.get(job.user, 0.0)}
@@ -163,8 +168,7 @@ class Priority:
     def key(self, job: Any) -> tuple:
         """``(-score, task_id)``: ``score`` inlined (it runs for every queued job on a sort)."""
         w = self.weights
-        low, high = self.span
-        own = 1.0 if high <= low else min(max((job.priority - low) / (high - low), 0.0), 1.0)
+        own = own_factor(job.priority)
         used = self.ledger.usage.get(job.user, 0.0) / self.shares.get(job.user, 1.0) if self.ledger.usage else 0.0
         request = job.request
         score = (w.get("age", 0.0) * min(max(self.now - job.submitted_at, 0.0) / self.max_age_s, 1.0)
@@ -176,8 +180,6 @@ class Priority:
     def order(self, queue: Sequence[Any], running: Sequence[Any], now: float) -> list[Any]:
         self.ledger.advance(running, now)
         self.now = now
-        if queue:
-            self.span = (min(j.priority for j in queue), max(j.priority for j in queue))
         return sorted(queue, key=self.key)
 
 

@@ -67,6 +67,9 @@ class TaskSummary(View):
     result: Any = Field(description="the final OAAS_RESULT JSON, null until there is one")
     nodes_rejected: dict[str, int] | None = Field(
         None, description="PENDING only: how many nodes each placement check rejected")
+    priority_factors: dict[str, float] | None = Field(
+        None, description="PENDING under the priority policy only: each factor in [0, 1] (age, fair_share, "
+                          "size, priority, qos) and their weighted sum, 'score', like Slurm's sprio")
 
 
 class EnforcedView(View):

@@ -42,6 +42,9 @@ class Views:
             waiting = self.scheduler.pending_reason(row["id"])
             if waiting is not None:
                 out["reason"], out["nodes_rejected"] = waiting
+            factors = self.scheduler.priority_factors(row["id"])
+            if factors is not None:
+                out["priority_factors"] = factors
         return out
 
     def new_task_summary(self, task_id: int, spec: TaskSpec, submitted_at: float) -> dict[str, Any]:

@@ -168,8 +168,14 @@ def test_nodes_report_their_enforcement_and_the_ssh_node_enforces_it(daemon_fact
     assert view["attempts"][0]["cpu_s"] is not None and view["attempts"][0]["enforced"] is None
 
 
+def gated(gate: Path, report: str) -> str:
+    """Python code that waits for ``gate`` to exist, then prints ``OAAS_RESULT`` of the expression ``report``."""
+    return (f"import json, os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+            f"print('OAAS_RESULT ' + json.dumps({report}))")
+
+
 def test_two_one_cpu_tasks_run_on_distinct_cores(daemon_factory, tmp_path):
-    """Through placement: needs Cluster.hosts_of to fill Host.binding (issue 14 part P); skipped before."""
+    """Placement picks the cores, the node binds them: each task sees exactly its own one."""
     d = daemon_factory(NODE)
     gate = tmp_path / "gate"
     code = (f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
@@ -178,7 +184,54 @@ def test_two_one_cpu_tasks_run_on_distinct_cores(daemon_factory, tmp_path):
     for tid in tids:
         d.wait(tid, {"RUNNING"})
     gate.touch()
-    cores = [d.wait(t)["result"]["cores"] for t in tids]
-    if all(c == sorted(os.sched_getaffinity(0)) for c in cores):
-        pytest.skip("placement does not bind cores yet (Host.binding is filled by part P)")
+    views = [d.wait(t) for t in tids]
+    cores = [v["result"]["cores"] for v in views]
     assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores
+    # the attempt view says what was bound, and it is what the task saw
+    assert [v["attempts"][0]["binding"]["n1"]["cores"] for v in views] == cores, views[0]["attempts"]
+
+
+def test_per_core_shares_of_one_task_land_on_distinct_cores(daemon_factory, tmp_path):
+    d = daemon_factory(NODE)
+    gate = tmp_path / "gate"
+    gate.touch()
+    code = gated(gate, '{"cores": sorted(os.sched_getaffinity(0))}')
+    view = d.wait(d.submit({"command": [PY, "-c", code], "resources": {"cores": [300, 300]}}))
+    assert view["state"] == "COMPLETED" and view["result"]["cores"] == [0, 1], view
+    status, body = d.request("POST", "/v1/tasks", {"command": ["true"], "resources": {"cores": [100, 100, 100]}})
+    assert status == 422 and any(x.get("check") == "cores_distinct" for x in body["detail"]), body
+
+
+def test_gpu_tasks_see_their_own_devices(daemon_factory, tmp_path):
+    """No GPU here: a node declares two devices and the tasks read what they were given (the
+    devices themselves are the one fake of this test: CUDA only reads the variable)."""
+    d = daemon_factory('[[nodes]]\nname = "g"\ncpus = 2\nmemory_mb = 2000\n'
+                       'gpus = [{index = 0, type = "a100", memory_mb = 40960}, {index = 1, type = "a100", memory_mb = 40960}]\n')
+    gate = tmp_path / "gate"
+    code = gated(gate, '{"v": os.environ.get("CUDA_VISIBLE_DEVICES")}')
+    spec = {"command": [PY, "-c", code], "resources": {"cpus": 0.5}}
+    whole = [d.submit(spec | {"resources": {"cpus": 0.5, "gpus": 1, "gpu_type": "a100"}}) for _ in range(2)]
+    for tid in whole:
+        d.wait(tid, {"RUNNING"})
+    third = d.submit(spec | {"resources": {"cpus": 0.5, "gpus": 1}})  # both devices taken: it waits
+    none = d.submit(spec)  # no GPU asked: sees none (an empty list, not every device)
+    d.wait(none, {"RUNNING"})
+    assert d.task(third)["state"] == "PENDING"
+    gate.touch()
+    seen = sorted(d.wait(t)["result"]["v"] for t in whole)
+    assert seen == ["0", "1"], seen
+    assert d.wait(none)["result"]["v"] == ""
+    assert d.wait(third)["result"]["v"] in ("0", "1")
+    # halves share one device and never span two: four of them take both devices, two each
+    gate2 = tmp_path / "gate2"
+    halves = {"command": [PY, "-c", gated(gate2, '{"v": os.environ.get("CUDA_VISIBLE_DEVICES")}')],
+              "resources": {"cpus": 0.1, "gpus": 0.5}}
+    shared = [d.submit(halves) for _ in range(4)]
+    for tid in shared:  # all four at once, so each device holds two
+        d.wait(tid, {"RUNNING"})
+    gate2.touch()
+    assert sorted(d.wait(t)["result"]["v"] for t in shared) == ["0", "0", "1", "1"]
+    for bad, field in (({"gpus": 1.5}, "resources.gpus"), ({"gpus": 3}, "resources"),
+                       ({"gpus": 1, "gpu_type": "h100"}, "resources.gpu_type")):
+        status, body = d.request("POST", "/v1/tasks", {"command": ["true"], "resources": bad})
+        assert status == 422 and any(x["field"].startswith(field) for x in body["detail"]), (bad, body)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import time
+
+import psutil
 
 import pytest
 from conftest import wait_file
@@ -121,3 +124,62 @@ def test_gang_spreads_over_nodes_and_gets_a_hostfile(d):
     assert log.splitlines()[:2] == ["127.0.0.1 slots=1", "127.0.0.1 slots=1"]
     status, body = d.request("POST", "/v1/tasks", {"script": "true", "workers": 3})
     assert status == 422 and body["error"] == "Unsatisfiable"
+
+
+def test_a_patch_racing_a_delete_is_a_404_never_a_500_and_leaves_no_intent(d, tmp_path):
+    import asyncio
+
+    import aiohttp
+
+    base = f"http://127.0.0.1:{d.port}/v1/nodes"
+
+    async def race(session: aiohttp.ClientSession, i: int) -> tuple[int, int]:
+        name = f"tmp{i}"
+        async with session.post(base, json={"name": name, "cpus": 1, "memory_mb": 100}) as r:
+            assert r.status == 201, await r.text()
+        gate = tmp_path / f"gate{i}"
+        async with session.post(f"http://127.0.0.1:{d.port}/v1/tasks",
+                                json={"script": gated(gate), "require_result": False,
+                                      "resources": {"cpus": 1, "memory_mb": 100}, "max_retries": 0}) as r:
+            assert r.status == 201
+        patch = session.patch(f"{base}/{name}", json={"state": "DOWN", "reason": "x" * 200})
+        delete = session.delete(f"{base}/{name}?force=1")
+        answers = await asyncio.gather(patch, delete)
+        for r in answers:
+            await r.read()
+        gate.touch()
+        return answers[0].status, answers[1].status
+
+    async def main() -> list[tuple[int, int]]:
+        async with aiohttp.ClientSession() as session:
+            return [await race(session, i) for i in range(8)]
+
+    for patched, deleted in asyncio.run(main()):
+        assert patched in (200, 404) and deleted in (200, 404), (patched, deleted)
+    assert "Traceback" not in d.log()
+    assert not any(name.startswith("tmp") for name in nodes(d))
+    d.stop()
+    d.start()  # no intent of a deleted node comes back
+    assert not any(name.startswith("tmp") for name in nodes(d))
+
+
+def test_a_running_attempt_on_a_node_taken_out_of_the_config_is_stopped_and_requeued(d, tmp_path):
+    """The sysadmin removes a node from oaasd.toml while a task runs on it, then restarts the
+    daemon: it must start, stop that attempt and run the task elsewhere (it failed to start before)."""
+    pidfile, gate = tmp_path / "pid", tmp_path / "gate"
+    tid = d.submit({"script": f"echo $$ > {pidfile}\n" + report_node(gated(gate)), "labels": {"arch": "a"}})
+    d.wait(tid, {"RUNNING"})
+    pid = int(wait_file(pidfile).strip() or 0)
+    d.stop(signal.SIGKILL)
+    d.write_config('[[nodes]]\nname = "n3"\ncpus = 1\nmemory_mb = 1000\nlabels = { arch = "a" }\n')  # n1 and n2 gone
+    d.start()
+    gate.touch()
+    view = d.wait(tid)
+    assert view["state"] == "COMPLETED" and view["result"] == {"node": "n3"}, view
+    first = view["attempts"][0]
+    assert (first["node"], first["state"]) == ("n1", "NODE_FAIL"), first
+    assert "node n1 is no longer configured" in d.log()
+    deadline = time.time() + 10
+    while time.time() < deadline and psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
+        time.sleep(0.05)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", "the old attempt still runs"

@@ -2,11 +2,14 @@
 
 Each verb persists first (the ``nodes`` table), then changes the cluster,
 moves the work that must leave (a node set DOWN or deleted has its attempts
-requeued elsewhere), and wakes the scheduler.
+requeued elsewhere), and wakes the scheduler. The verbs run one at a time
+(they await the store in between): a PATCH racing a DELETE of the same node
+finds it gone (404) instead of writing an intent for a node no longer there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -29,6 +32,7 @@ class NodeAdmin:
         self.health = health
         self.wake = wake
         self.node_added = node_added  # lets the SSH pool reach a node
+        self._verbs = asyncio.Lock()  # add, set_intent and delete, one at a time
 
     # ---- reads --------------------------------------------------------
     def check(self, name: str) -> str:
@@ -70,6 +74,10 @@ class NodeAdmin:
     # ---- verbs --------------------------------------------------------
     async def add(self, cfg: NodeConfig) -> None:
         """Add a node at run time (kept across restarts); 409 when the name exists."""
+        async with self._verbs:
+            await self._add(cfg)
+
+    async def _add(self, cfg: NodeConfig) -> None:
         if cfg.name in self.cluster.nodes:
             raise ConflictError(f"node {cfg.name!r} exists", [{"field": "name", "problem": "already exists"}])
         await self.store.save_node(cfg.name, cfg.model_dump(mode="json"), "api")
@@ -78,7 +86,11 @@ class NodeAdmin:
         self.wake()
 
     async def set_intent(self, name: str, state: str, reason: str | None, user: str) -> None:
-        """DRAIN, DOWN (its attempts requeued elsewhere, as Slurm's DOWN) or RESUME a node."""
+        """DRAIN, DOWN (its attempts requeued elsewhere, as Slurm's DOWN) or RESUME a node; 404 when gone."""
+        async with self._verbs:
+            await self._set_intent(self.check(name), state, reason, user)
+
+    async def _set_intent(self, name: str, state: str, reason: str | None, user: str) -> None:
         intent = None if state == "RESUME" else Intent(state, reason, user, time.time())
         await self.store.set_node_intent(name, intent and intent.state, intent and intent.reason,
                                          intent and intent.user, intent and intent.at)
@@ -90,6 +102,10 @@ class NodeAdmin:
 
     async def delete(self, name: str, force: bool, user: str) -> list[int]:
         """Delete a node; its attempts are requeued (409 without ``force`` when some run); the requeued ids."""
+        async with self._verbs:
+            return await self._delete(self.check(name), force, user)
+
+    async def _delete(self, name: str, force: bool, user: str) -> list[int]:
         running = self.runner.on_node(name)
         if running and not force:
             raise ConflictError(f"node {name!r} has {len(running)} running attempt(s); use ?force=1 to requeue them",

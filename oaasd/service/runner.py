@@ -80,6 +80,19 @@ class Runner:
         nodes = self.cluster.nodes
         return launcher_kind([nodes[h.node].launcher if h.node in nodes else "local" for h in hosts], workers)
 
+    def _taken_away(self, hosts: list[Host]) -> str | None:
+        """Why an attempt about to start may not: one of its nodes was deleted or set DOWN since it was placed.
+
+        Node verbs see a run only once it is in ``runs``; this check, in the same
+        step as that insertion, covers what they did before."""
+        for h in hosts:
+            if h.node not in self.cluster.nodes:
+                return f"node {h.node} deleted"
+            intent = self.cluster.intents.get(h.node)
+            if intent is not None and intent.state == "DOWN":
+                return f"node {h.node} set DOWN: {intent.reason}"
+        return None
+
     def gpu_nodes(self) -> frozenset[str]:
         """The nodes that declare GPUs (a task bound to none of them sees none)."""
         return frozenset(name for name, node in self.cluster.nodes.items() if node.gpus)
@@ -124,6 +137,11 @@ class Runner:
         if spec.time_limit_s is not None:
             run.started_at = await self._stored_start(task_id, attempt_id)
         self.runs[task_id] = run
+        gone = self._taken_away(hosts)
+        if gone is not None:  # set DOWN or deleted while this launch awaited the store: requeue, never start
+            run.requeue_reason = gone
+            await self.reporter.finish(run, Exit(exit_code=None, lost=True, reason=gone))
+            return
         kind = self.launcher_kind(hosts, spec.workers)
         try:
             run.handle = await self.launchers[kind].start(job)
@@ -138,8 +156,11 @@ class Runner:
         await self.store.set_locator(attempt_id, record)
         self.bg.spawn(self._watch(run), f"attempt-{attempt_id}")
 
-    async def adopt(self, row: dict[str, Any], spec: TaskSpec, hosts: list[Host]) -> bool:
-        """Reattach to an attempt found RUNNING at start (``spec`` parsed from its row); False when it is gone."""
+    async def adopt(self, row: dict[str, Any], spec: TaskSpec, hosts: list[Host], gone: str | None = None) -> bool:
+        """Reattach to an attempt found RUNNING at start (``spec`` parsed from its row); False when it is gone.
+
+        ``gone``: its node is no longer configured; the attempt is stopped (when its
+        process can still be reached) and its task requeued with that reason."""
         adir = self.attempt_dir(row["task_id"], row["seq"])
         job = build_job(spec, row["task_id"], row["id"], row["seq"], adir, hosts, self.gpu_nodes())
         run = Run(row["task_id"], row["id"], row["seq"], row["node"], json.loads(row["placement"]), spec, job)
@@ -155,11 +176,14 @@ class Runner:
                 log.warning("task %d: adopt on %s failed: %s", run.task_id, run.node, exc)
         if handle is None:
             await self.reporter.finish(run, Exit(exit_code=None, lost=True,
-                                                 reason="process not found after daemon restart"))
+                                                 reason=gone or "process not found after daemon restart"))
             return False
         run.handle = handle
         await self._resume_output(run, row)
         self.bg.spawn(self._watch(run), f"attempt-{run.attempt_id}")
+        if gone is not None:  # requeued, as the attempts of a node set DOWN or deleted are
+            await self.cancel(run.task_id, gone, requeue=True)
+            return True
         log.info("task %d: re-adopted attempt %d (pid %d) on %s", run.task_id, run.attempt_id,
                  handle.locator.pid, run.node)
         return True

@@ -287,6 +287,8 @@ def test_tasks_actuator_keeps_replicas_and_relearns_them_after_restart(daemon_fa
     first = {t["task_id"] for t in low["tasks"]}
     task = d.task(min(first))
     assert task["name"] == "caption-detect" and task["user"] == "anonymous" and task["state"] == "RUNNING"
+    # each replica holds a 0.05-core CPU quota (cgroups): its interpreter takes a while to start writing
+    until(lambda: envs.exists() and {"detect heavy 1", "classify small 1"} <= set(envs.read_text().splitlines()))
     load.value = 100.0
     mid = poll(d, pid, tasks(*MID))
     kept = {t["task_id"] for t in mid["tasks"]} & first
@@ -294,7 +296,7 @@ def test_tasks_actuator_keeps_replicas_and_relearns_them_after_restart(daemon_fa
     replaced = (first - kept).pop()
     ended = d.wait(replaced)
     assert ended["state"] == "CANCELLED" and ended["reason"] == "PipelineAdapted"
-    until(lambda: {"detect heavy 1", "detect heavy 4", "classify small 1"} <= set(envs.read_text().splitlines()))
+    until(lambda: "detect heavy 4" in envs.read_text().splitlines())
 
     d.stop()  # the replicas outlive the daemon and are re-adopted
     d.start()

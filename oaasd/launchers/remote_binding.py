@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from oaasd.launchers.binding import core_list
 from oaasd.launchers.cgroups import CPU_PERIOD_US, CgroupError
 from oaasd.launchers.pool import SshPool
+from oaasd.launchers.wrap import MAP_CORES
 from oaasd.ports import Binding, Exit, Host
 
 BIND_SH = r'''
@@ -158,7 +159,7 @@ class RemoteBound:
 # An MPI rank's wrapper (run by orted on its host): its line of the rank table is the
 # binding of the host the rank was mapped to. Parameters: N, then N lines of FIRST LAST
 # CPUS PROCS VMEM_KB GPUS (GPUS: "-" for none, else VENDOR:LIST), then the rank's argv.
-RANK_SH = r"""
+RANK_SH = MAP_CORES + r"""
 n=$1; shift; r=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}; c= g= v= u=-
 while [ "$n" -gt 0 ]; do
   if [ "$r" -ge "$1" ] && [ "$r" -le "$2" ]; then c=$3 g=$4 v=$5 u=$6; fi
@@ -167,6 +168,7 @@ done
 for f in $g; do
   { echo $$ > "$f"; } 2>/dev/null || { echo "oaasd: rank $r cannot join cgroup $f" >&2; exit 126; }
 done
+[ -z "$c" ] || mapcores
 if [ -n "$c" ] && ! taskset -pc "$c" $$ >/dev/null 2>&1; then echo "oaasd: rank $r cannot take cores $c" >&2; exit 126; fi
 if [ -n "$v" ] && ! ulimit -v "$v" 2>/dev/null; then echo "oaasd: rank $r cannot set RLIMIT_AS $v KiB" >&2; exit 126; fi
 case $u in

@@ -36,11 +36,30 @@ BAD_WORKDIR = "workdir"  # the exit record of a task that could not enter its wo
 BAD_WORKDIR_STATUS = 125  # the wrapper's status then (the record is what counts)
 BIND = "bind"  # the exit record of an attempt whose binding could not be applied (program not started)
 
+# Sets ``c`` (a node's declared core indices, comma-separated) to as many of this
+# host's allowed CPUs: index i takes the (i mod count)-th of them. A node may
+# declare more cores than its host has CPUs (oversubscription, or a test host);
+# then its cores wrap around instead of naming CPUs that do not exist. Builtins
+# only (no fork); every value it evals is a number from /proc or the placement.
+MAP_CORES = r"""mapcores() {
+  m_a=; while read -r m_k m_v; do if [ "$m_k" = Cpus_allowed_list: ]; then m_a=$m_v; break; fi; done < /proc/self/status
+  m_o=$IFS; IFS=,; set -- $m_a; IFS=$m_o; m_n=0
+  for m_r in "$@"; do
+    m_lo=${m_r%-*}; m_hi=${m_r#*-}
+    while [ "$m_lo" -le "$m_hi" ]; do eval "m_$m_n=$m_lo"; m_n=$((m_n+1)); m_lo=$((m_lo+1)); done
+  done
+  [ "$m_n" -gt 0 ] || return 0
+  IFS=,; set -- $c; IFS=$m_o; c=
+  for m_x in "$@"; do eval "m_y=\$m_$((m_x % m_n))"; c="$c${c:+,}$m_y"; done
+}
+"""
+
 # Constant text: user input only ever reaches it as "$@". The trap keeps the
 # wrapper alive through the group's SIGTERM, so the program gets its grace
 # period and the wrapper still records how it ended.
 WRAP_SCRIPT = f"""trap : TERM INT HUP
-w=$1 c=$2 g=$3 v=$4; shift 4
+{MAP_CORES}w=$1 c=$2 g=$3 v=$4; shift 4
+[ -z "$c" ] || mapcores
 if [ -n "$c" ] && ! taskset -pc "$c" $$ >/dev/null 2>&1; then
   echo "oaasd: cannot set CPU affinity $c" >&2; echo "{BIND} affinity $c" > "$OAAS_EXIT_FILE"; exit {BAD_WORKDIR_STATUS}
 fi

@@ -96,6 +96,7 @@ class AttemptView(View):
     metrics_stored: int
     metrics_dropped: int = Field(description="OAAS_METRIC lines beyond reporting.max_metrics_per_attempt")
     notes: list[str] = Field(description="what the daemon did not keep of this attempt's output, and why")
+    slurm_job_id: str | None = Field(None, description="the Slurm job of an attempt on a slurm node")
 
 
 class CallbackView(View):
@@ -152,7 +153,7 @@ class NodeSummary(View):
     name: str
     state: NodeState
     reason: str | None
-    launcher: Literal["local", "ssh", "mpi"]
+    launcher: Literal["local", "ssh", "mpi", "slurm"]
     host: str
     labels: dict[str, str]
     capacity: NodeResources

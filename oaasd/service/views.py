@@ -42,6 +42,11 @@ class Views:
             waiting = self.scheduler.pending_reason(row["id"])
             if waiting is not None:
                 out["reason"], out["nodes_rejected"] = waiting
+        elif row["state"] == State.RUNNING:
+            run = self.runner.runs.get(row["id"])
+            queued = getattr(run.handle, "waiting", None) if run is not None else None  # ports.Queued
+            if queued:  # Slurm still queues its job
+                out["reason"], out["message"] = Reason.SLURM_PENDING.value, queued
         return out
 
     def new_task_summary(self, task_id: int, spec: TaskSpec, submitted_at: float) -> dict[str, Any]:
@@ -99,4 +104,10 @@ def attempt_view(a: dict[str, Any]) -> dict[str, Any]:
             "started_at": a["started_at"], "ended_at": a["ended_at"], "exit_code": a["exit_code"],
             "signal": a["signal"], "reason": a["reason"], "message": a["message"],
             "stdout_read_bytes": a["stdout_offset"], "metrics_stored": a["metrics_stored"],
-            "metrics_dropped": a["metrics_dropped"], "notes": notes}
+            "metrics_dropped": a["metrics_dropped"], "notes": notes, **_slurm_job(a["locator"])}
+
+
+def _slurm_job(locator: str | None) -> dict[str, Any]:
+    """``slurm_job_id`` of an attempt a Slurm job runs (its locator holds it), else nothing."""
+    job_id = json.loads(locator).get("slurm_job_id") if locator else None
+    return {} if job_id is None else {"slurm_job_id": str(job_id)}

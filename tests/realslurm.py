@@ -211,6 +211,32 @@ class RealSlurm:
         """Ids of the jobs Slurm holds (any state it still shows)."""
         return self.run("squeue", "-h", "-o", "%i").stdout.split()
 
+    def active_jobs(self) -> list[str]:
+        """Ids of the jobs Slurm has not ended yet."""
+        return self.run("squeue", "-h", "-o", "%i", "--states=PD,R,CG,CF,S").stdout.split()
+
+    def clear(self, timeout: float = 30) -> None:
+        """Cancel every job left by a test and wait until Slurm has ended them all (CPUs free again)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active = self.active_jobs()
+            if not active:
+                return
+            self.run("scancel", "--quiet", *active)
+            time.sleep(0.2)
+        raise AssertionError(f"Slurm jobs {self.active_jobs()} did not end in {timeout}s")
+
+    def wait_job(self, job_id: str | int, states: set[str], timeout: float = 30) -> dict[str, str]:
+        """Poll ``scontrol show job`` until the job's state is one of ``states``."""
+        deadline = time.monotonic() + timeout
+        job = {}
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job.get("JobState") in states:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"Slurm job {job_id} stayed {job.get('JobState')}: {job}")
+
     def leftovers(self) -> list[psutil.Process]:
         """Processes of this Slurm still alive (daemons, steps, jobs); zombies excluded."""
         entries = {f"OAAS_TEST_SLURM={self.token}".encode(), f"SLURM_CLUSTER_NAME={self.cluster}".encode()}
@@ -281,6 +307,7 @@ KillWait=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 SlurmctldTimeout=10
+MessageTimeout=2
 SlurmdTimeout=30
 InactiveLimit=0
 NodeName={s.nodename} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={REAL_MEMORY_MB} State=UNKNOWN

@@ -201,6 +201,35 @@ def test_an_unknown_partition_stops_the_daemon_at_start_naming_it(daemon_factory
     assert "nodes[cluster-a].partition" in run.stderr and "'nope'" in run.stderr, run.stderr
 
 
+TRIAL = """import json, os
+c = json.loads(os.environ["OAAS_TRIAL_CONFIG"])
+print("OAAS_METRIC " + json.dumps({"step": 1, "loss": (c["x"] - 0.3) ** 2}))
+print("OAAS_RESULT " + json.dumps({"loss": (c["x"] - 0.3) ** 2, "job": os.environ["SLURM_JOB_ID"]}))
+"""
+
+
+def test_a_tunings_trials_run_as_slurm_jobs(daemon_factory, real_slurm):  # noqa: F811
+    d = daemon_factory(slurm_toml(real_slurm))
+    body = {"name": "on-slurm", "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
+            "objectives": [{"metric": "loss", "sense": "minimize"}], "number_of_trials": 4, "worker_num": 2,
+            "parallel_strategy": "async", "sampler": "random", "seed": 3,
+            "trial": {"command": ["/usr/bin/python3", "-c", TRIAL], "cpu_milli": 1000, "memory_mb": 100,
+                      "time_limit_s": 60}}
+    status, view = d.request("POST", "/v1/tunings", body)
+    assert status == 201, view
+    deadline = time.time() + 120
+    while view["state"] not in ("COMPLETED", "FAILED", "CANCELLED") and time.time() < deadline:
+        time.sleep(0.3)
+        view = d.request("GET", f"/v1/tunings/{view['id']}")[1]
+    assert (view["state"], view["reason"]) == ("COMPLETED", "NumberOfTrials"), view
+    trials = view["trials"]
+    assert len(trials) == 4 and all(t["state"] == "COMPLETED" for t in trials), trials
+    jobs = [d.task(t["task_id"])["attempts"][0]["slurm_job_id"] for t in trials]
+    assert [d.task(t["task_id"])["result"]["job"] for t in trials] == jobs, "each trial ran in its own Slurm job"
+    assert all(real_slurm.job(j)["JobState"] == "COMPLETED" for j in jobs)
+    assert view["best"] is not None and view["best"]["task_id"] in {t["task_id"] for t in trials}
+
+
 def test_the_fixture_leaves_no_slurm_process_behind():
     s = start_slurm()
     job = s.run("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300", check=True).stdout.strip()

@@ -32,15 +32,18 @@ from oaasd.launchers.slurmcmd import SQUEUE_FORMAT  # noqa: E402
 SPEC = {"command": ["/bin/sh", "-c", 'echo "OAAS_RESULT {\\"t\\": $(date +%s.%N)}"'], "resources": {"cpus": 1}}
 
 
-def run_batch(d: Daemon, n: int) -> tuple[float, list[float]]:
-    """Submit n tasks at once; seconds until all COMPLETED, and each task's submit -> program start."""
+def run_batch(d: Daemon, n: int) -> tuple[float, list[float], list[float], list[float]]:
+    """Submit n tasks at once: seconds until all COMPLETED; per task submit -> program start,
+    launch (attempt start, the sbatch for Slurm) -> program start, program start -> end seen by oaasd."""
     t0 = time.time()
     ids = [d.submit(SPEC) for _ in range(n)]
     views = [d.wait(i, timeout=600) for i in ids]
     wall = time.time() - t0
     bad = [v for v in views if v["state"] != "COMPLETED"]
     assert not bad, bad[0]
-    return wall, [v["result"]["t"] - v["submitted_at"] for v in views]
+    launch = [v["result"]["t"] - v["attempts"][0]["started_at"] for v in views]
+    seen = [v["attempts"][0]["ended_at"] - v["result"]["t"] for v in views]
+    return wall, [v["result"]["t"] - v["submitted_at"] for v in views], launch, seen
 
 
 def slurm_costs(s, n: int) -> tuple[float, float]:
@@ -74,17 +77,19 @@ def main() -> None:
             d = Daemon(tmp / kind, body).start()
             try:
                 run_batch(d, 2)  # warm: imports, first sbatch
-                wall, starts = run_batch(d, args.tasks)
+                wall, starts, launch, seen = run_batch(d, args.tasks)
             finally:
                 d.stop()
-            out[kind] = (args.tasks / wall, statistics.median(starts), max(starts))
+            out[kind] = (args.tasks / wall, statistics.median(starts), max(starts), statistics.median(launch),
+                         statistics.median(seen))
         sbatch_s, squeue_s = slurm_costs(s, args.tasks)
     finally:
         stop_slurm(s)
     print(f"{args.tasks} one-CPU tasks on {cpus} CPUs, [slurm] poll_interval_s = {args.poll}")
-    for kind, (rate, med, worst) in out.items():
+    for kind, (rate, med, worst, launch, seen) in out.items():
         print(f"  {kind:5s}: {rate:6.2f} tasks/s   submit -> program start median {med * 1000:7.1f} ms, "
-              f"max {worst * 1000:7.1f} ms")
+              f"max {worst * 1000:7.1f} ms; launch -> program start {launch * 1000:7.1f} ms, "
+              f"program start -> end recorded {seen * 1000:7.1f} ms (medians)")
     print(f"  slurm / local throughput: {out['slurm'][0] / out['local'][0]:.2f}x")
     print(f"  oaasd's part per job: sbatch --parsable {sbatch_s * 1000:.1f} ms (median); one squeue for all "
           f"jobs {squeue_s * 1000:.1f} ms per poll interval, {squeue_s / args.poll * 100:.1f}% of one core")

@@ -339,16 +339,10 @@ class SlurmLauncher:
 
     async def check_partitions(self, nodes: list[NodeConfig]) -> list[str]:
         """Config problems at start: partitions Slurm says it does not have (unreachable is not one)."""
-        problems = []
-        for cfg in nodes:
-            if cfg.launcher != "slurm":
-                continue
-            try:
-                await self.probe(cfg.name)
-            except SlurmError as exc:
-                if exc.message.startswith("Slurm has no partition"):
-                    problems.append(f"nodes[{cfg.name}].partition: {exc.message}")
-        return problems
+        names = [cfg.name for cfg in nodes if cfg.launcher == "slurm"]
+        answers = await asyncio.gather(*(self.probe(n) for n in names), return_exceptions=True)
+        return [f"nodes[{n}].partition: {a.message}" for n, a in zip(names, answers)
+                if isinstance(a, SlurmError) and a.message.startswith("Slurm has no partition")]
 
     async def close(self) -> None:
         """Stop polling; running jobs are left to Slurm and re-adopted after a restart."""

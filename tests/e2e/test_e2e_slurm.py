@@ -191,6 +191,23 @@ def test_slurmctld_stopped_and_started_while_a_task_runs(daemon_factory, real_sl
     assert (view["state"], view["result"], len(view["attempts"])) == ("COMPLETED", {"ok": 1}, 1), view
 
 
+def test_a_partition_set_down_in_slurm_makes_the_node_down_with_slurms_word(daemon_factory,
+                                                                           real_slurm):  # noqa: F811
+    d = daemon_factory(slurm_toml(real_slurm))
+    wait_node(d, "IDLE")
+    real_slurm.run("scontrol", "update", "PartitionName=debug", "State=DOWN", check=True)
+    try:
+        node = wait_node(d, "DOWN")
+        assert node["reason"] == "Slurm: partition debug is down in Slurm", node
+        tid = d.submit({"script": "echo 'OAAS_RESULT {\"ok\": 1}'"})
+        view = wait_view(d, tid, lambda v: v.get("nodes_rejected") == {"NodeNotSchedulable": 1})
+        assert view["state"] == "PENDING" and view["attempt_count"] == 0, view
+    finally:
+        real_slurm.run("scontrol", "update", "PartitionName=debug", "State=UP", check=True)
+    wait_node(d, "IDLE")
+    assert d.wait(tid, timeout=60)["state"] == "COMPLETED"
+
+
 def test_an_unknown_partition_stops_the_daemon_at_start_naming_it(daemon_factory, real_slurm):  # noqa: F811
     d = daemon_factory(slurm_toml(real_slurm).replace('partition = "debug"', 'partition = "nope"'), start=False)
     d.write_config()

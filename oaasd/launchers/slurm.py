@@ -64,6 +64,7 @@ class SlurmOptions:
     command_timeout_s: float = 30.0
 
     def cmd(self, name: str) -> str:
+        """The path of one Slurm command."""
         return os.path.join(self.bin_dir, name) if self.bin_dir else name
 
 
@@ -75,6 +76,7 @@ class SlurmClient:
         self.calls: dict[str, int] = {}  # per command, for the benchmarks and tests
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A command's environment: ``extra`` (or a bare PATH) and the SLURM_CONF to use."""
         env = dict(extra) if extra is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         if self.options.slurm_conf:
             env["SLURM_CONF"] = self.options.slurm_conf
@@ -97,10 +99,12 @@ class SlurmClient:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-            raise SlurmError(f"{name} gave no answer in {self.options.command_timeout_s:g}s", unreachable=True) from None
+            limit = self.options.command_timeout_s
+            raise SlurmError(f"{name} gave no answer in {limit:g}s", unreachable=True) from None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def scancel(self, job_id: str, *args: str) -> None:
+        """``scancel [ARGS] JOB``; a SlurmError with Slurm's words when it fails."""
         rc, _, err = await self.run("scancel", *args, job_id)
         if rc != 0:
             raise SlurmError(first_line(err) or f"scancel exited {rc}", unreachable=bool(UNREACHABLE.search(err)))
@@ -131,6 +135,7 @@ class JobBoard:
         return fut
 
     def forget(self, job_id: str) -> None:
+        """Stop following a job (its end was taken)."""
         fut = self._ends.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.cancel()
@@ -180,6 +185,7 @@ class JobBoard:
                 fut.set_result(info)
 
     async def close(self) -> None:
+        """Stop polling (daemon shutdown)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -203,6 +209,7 @@ class SlurmHandle:
 
     @property
     def slurm_state(self) -> str | None:
+        """The job's state as Slurm last said it."""
         info = self.launcher.board.seen.get(self.job_id)
         return None if info is None else info.state
 
@@ -245,6 +252,7 @@ class EndedHandle:
         self.waiting = None
 
     async def wait(self) -> Exit:
+        """The refusal, at once."""
         return self._exit
 
     async def kill(self, grace_s: float) -> None:
@@ -264,6 +272,7 @@ class SlurmLauncher:
         self.script_path: Path | None = None
 
     def slurm_node(self, name: str) -> SlurmNode:
+        """What the node entry ``name`` adds to every sbatch of its jobs."""
         cfg = self.node_config(name)
         return SlurmNode(partition=cfg.partition or "", account=cfg.account, qos=cfg.qos,
                          sbatch_args=tuple(cfg.sbatch_args))

@@ -89,6 +89,7 @@ class JobInfo:
 
     @property
     def active(self) -> bool:
+        """Slurm has not ended the job yet."""
         return self.state in ACTIVE_STATES
 
     @property

@@ -70,8 +70,8 @@ class Daemon:
         self.runner = Runner(self.store, self.cluster, self.launchers, settings, self.events, self.metrics,
                              self.hooks, self.scheduler, self.fatal)
         self.intake = Intake(self.store, self.cluster, self.scheduler, self.events, self.hooks, self.runner.cancel)
-        prober = ProbeByKind(lambda name: self.cluster.nodes[name].launcher,
-                             {"ssh": self.launchers["ssh"], "mpi": self.launchers["ssh"], "slurm": self.launchers["slurm"]})
+        ssh, slurm = self.launchers["ssh"], self.launchers["slurm"]
+        prober = ProbeByKind(lambda name: self.cluster.nodes[name].launcher, {"ssh": ssh, "mpi": ssh, "slurm": slurm})
         self.health = HealthLoop(self.cluster, prober, self._node_lost, self.scheduler.wake, settings.health)
         self.nodes = NodeAdmin(self.store, self.cluster, self.runner, self.health, self.scheduler.wake,
                                self.node_added)

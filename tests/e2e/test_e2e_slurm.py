@@ -7,7 +7,7 @@ side too (``scontrol show job``).
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +16,7 @@ import time
 import pytest
 from realslurm import REAL_MEMORY_MB, real_slurm, slurm_toml, start_slurm, stop_slurm  # noqa: F401  (fixture)
 
-from tests.conftest import REPO, free_port, wait_file
+from tests.conftest import REPO, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -272,7 +272,6 @@ def restart(d) -> None:
 
 
 def os_cpus() -> int:
-    import os
     return os.cpu_count() or 1
 
 
@@ -295,5 +294,3 @@ def wait_node(d, state: str, timeout: float = 30) -> dict:
         time.sleep(0.1)
     raise AssertionError(f"node stayed {view.get('state')}: {view}")
 
-
-_ = (json, wait_file)

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +28,7 @@ from oaasd.errors import ConfigError
 
 UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"  # a portable Unix account name (useradd's default rule)
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SLURM_WORD = r"^[A-Za-z0-9_.\-]{1,64}$"  # a partition, account or qos name
 # Capabilities a non-root daemon needs to run tasks as other accounts (bit numbers of
 # linux/capability.h): set ids, chown attempt dirs, signal tasks, write into their dirs.
 CAPS_NEEDED = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
@@ -176,7 +178,7 @@ class NodeConfig(Section):
     port: int = Field(22, ge=1, le=65535)
     user: str | None = None
     key: str | None = None
-    launcher: Literal["local", "ssh", "mpi"] = "local"
+    launcher: Literal["local", "ssh", "mpi", "slurm"] = "local"
     cpus: float | None = Field(None, gt=0, le=1_000_000)
     sockets: int | None = Field(None, ge=1, le=1024)
     cores_per_socket: int | None = Field(None, ge=1, le=4096)
@@ -189,9 +191,26 @@ class NodeConfig(Section):
         None, min_length=1, max_length=1 << 16, description="millicores per core")
     known_hosts: str | None = Field(None, description="overrides [ssh] known_hosts for this node")
     work_root: str | None = Field(None, description="remote attempt directories (default [ssh] work_root)")
+    partition: str | None = Field(None, pattern=SLURM_WORD, description="the Slurm partition a slurm node stands for")
+    account: str | None = Field(None, pattern=SLURM_WORD, description="sbatch --account of a slurm node's jobs")
+    qos: str | None = Field(None, pattern=SLURM_WORD, description="sbatch --qos of a slurm node's jobs")
+    sbatch_args: list[str] = Field(default_factory=list, max_length=64,
+                                   description="more sbatch arguments of a slurm node's jobs (each one argv word)")
+    _from_slurm: frozenset[str] = PrivateAttr(frozenset())  # sizes a slurm node takes from sinfo
+
+    @property
+    def sized_by_slurm(self) -> frozenset[str]:
+        """The sizes (cpus, memory_mb, gpus) of a slurm node that sinfo gives, not the config."""
+        return self._from_slurm
 
     @model_validator(mode="after")
     def _size(self) -> "NodeConfig":
+        if self.launcher == "slurm":
+            if not self.partition:
+                raise ValueError("a slurm node needs partition = \"NAME\"")
+            self._from_slurm = frozenset(
+                [k for k in ("cpus", "memory_mb") if getattr(self, k) is None and not self.core_capacity
+                 and not (k == "cpus" and self.sockets)] + ([] if "gpus" in self.model_fields_set else ["gpus"]))
         if self.cpus is None and self.core_capacity:
             self.cpus = sum(self.core_capacity) / 1000
         if self.cpus is None and self.sockets and self.cores_per_socket:
@@ -236,6 +255,15 @@ class SshConfig(Section):
     command_timeout_s: float = Field(30.0, gt=0)
     lost_grace_s: float = Field(10.0, ge=0)
     work_root: str = ".oaasd/attempts"
+
+
+class SlurmConfig(Section):
+    """``[slurm]``: how the slurm launcher reaches the cluster's Slurm (client commands on the head node)."""
+
+    bin_dir: str | None = Field(None, description="directory of sbatch, squeue, scancel, sinfo, srun (default: PATH)")
+    slurm_conf: str | None = Field(None, description="SLURM_CONF of the client commands (default: Slurm's own)")
+    poll_interval_s: float = Field(2.0, gt=0, le=600, description="one squeue call per this for all jobs")
+    command_timeout_s: float = Field(30.0, gt=0, description="time limit of one sbatch/squeue/scancel/sinfo call")
 
 
 class MpiConfig(Section):
@@ -369,6 +397,7 @@ class Settings(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     ssh: SshConfig = Field(default_factory=SshConfig)
     mpi: MpiConfig = Field(default_factory=MpiConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
@@ -470,4 +499,6 @@ def launch_problems(settings: Settings) -> list[str]:
             problems.append(f"{key}: {name!r} is uid {uid}, the daemon's own or root: tasks would share its rights")
     problems += [f"nodes[{n.name}].launcher: 'mpi' cannot run ranks as the users' accounts; "
                  "with [[users]] use 'ssh' nodes" for n in settings.nodes if n.launcher == "mpi"]
+    problems += [f"nodes[{n.name}].launcher: 'slurm' submits every job as the daemon's account; "
+                 "it cannot run tasks as the users' accounts yet" for n in settings.nodes if n.launcher == "slurm"]
     return problems

@@ -77,6 +77,9 @@ class LaunchJob:
     hosts: Sequence[Host]
     workers: int
     user: str | None = None  # the API user: launchers map it to the Unix account the task runs as
+    resources: Any = None  # the spec's per-worker Resources (a workload manager requests them: slurm)
+    time_limit_s: float | None = None
+    spread: bool = False  # placement "spread": one worker per node
 
     @property
     def stdout_path(self) -> Path:
@@ -119,6 +122,7 @@ class Exit:
     oom: bool = False
     max_rss_mb: float | None = None
     cpu_s: float | None = None
+    state: str | None = None  # a final State a workload manager decided (Slurm's TIMEOUT, OUT_OF_MEMORY)
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,12 @@ class Handle(Protocol):
 
     async def kill(self, grace_s: float) -> None:
         """SIGTERM the whole process group (every rank), SIGKILL after grace_s."""
+
+
+class Queued(Handle, Protocol):
+    """A handle whose attempt a workload manager may still hold in its queue (slurm)."""
+
+    waiting: str | None  # why it is not running yet ("SlurmPending: Priority"), None once it runs
 
 
 class Detachable(Handle, Protocol):

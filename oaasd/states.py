@@ -52,6 +52,8 @@ class Reason(StrEnum):
     LAUNCH_FAILED = "LaunchFailed"
     BAD_WORKDIR = "BadWorkdir"  # the task's workdir is missing or not its user's to enter: no retry
     OUT_OF_MEMORY = "OutOfMemory"  # killed by the OOM killer inside its memory limit: no retry
+    SLURM_REFUSED = "SlurmRefused"  # sbatch refused the job (e.g. --mem over the partition's nodes): no retry
+    SLURM_PENDING = "SlurmPending"  # running for oaasd, still queued by Slurm (the message says Slurm's reason)
     LOST = "AttemptLost"
     REQUEUED = "Requeued"
     ADOPTED = "Adopted"

@@ -122,6 +122,7 @@ class AttemptView(View):
     elapsed_s: float | None = Field(description="wall seconds from start to end (sacct Elapsed); null while running")
     enforced: EnforcedView | None = Field(description="the cgroup the attempt ran in; null: none (rlimit or nothing)")
     notes: list[str] = Field(description="what the daemon did not keep of this attempt's output, and why")
+    slurm_job_id: str | None = Field(None, description="the Slurm job of an attempt on a slurm node")
 
 
 class CallbackView(View):
@@ -187,7 +188,7 @@ class NodeSummary(View):
     name: str
     state: NodeState
     reason: str | None
-    launcher: Literal["local", "ssh", "mpi"]
+    launcher: Literal["local", "ssh", "mpi", "slurm"]
     host: str
     labels: dict[str, str]
     capacity: NodeResources

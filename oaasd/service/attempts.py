@@ -89,7 +89,8 @@ def build_job(spec: TaskSpec, task_id: int, attempt_id: int, seq: int, attempt_d
     if spec.trial_config is not None:
         env["OAAS_TRIAL_CONFIG"] = json.dumps(spec.trial_config)
     return LaunchJob(task_id=task_id, attempt_id=attempt_id, argv=argv, env=env, workdir=spec.workdir,
-                     attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers, user=spec.user)
+                     attempt_dir=attempt_dir, hosts=hosts, workers=spec.workers, user=spec.user,
+                     resources=spec.resources, time_limit_s=spec.time_limit_s, spread=spec.placement == "spread")
 
 
 def secure_attempt_dir(attempt_dir: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from oaasd.config import Settings
 from oaasd.core.policies import policy_named
 from oaasd.errors import StartupError
-from oaasd.launchers import build_launchers, reach_node
+from oaasd.launchers import ProbeByKind, build_launchers, reach_node
 from oaasd.pipeline.loop import Pipelines
 from oaasd.service.auth import Users
 from oaasd.service.callbacks import Callbacks
@@ -58,7 +58,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.fatal_reason: str | None = None
         self._loops: list[asyncio.Task] = []
-        self.launchers, self.pool = build_launchers(settings, settings.nodes)
+        self.launchers, self.pool = build_launchers(settings, settings.nodes, lambda name: self.cluster.nodes[name])
         self.node_added = functools.partial(reach_node, self.pool, settings)
         self._wire_tasks(settings)
         self._wire_features(settings)
@@ -71,8 +71,9 @@ class Daemon:
         self.runner = Runner(self.store, self.cluster, self.launchers, settings, self.events, self.metrics,
                              self.hooks, self.scheduler, self.fatal)
         self.intake = Intake(self.store, self.cluster, self.scheduler, self.events, self.hooks, self.runner.cancel)
-        self.health = HealthLoop(self.cluster, self.launchers["ssh"], self.runner.node_lost, self.scheduler.wake,
-                                 settings.health)
+        ssh, slurm = self.launchers["ssh"], self.launchers["slurm"]
+        prober = ProbeByKind(lambda name: self.cluster.nodes[name].launcher, {"ssh": ssh, "mpi": ssh, "slurm": slurm})
+        self.health = HealthLoop(self.cluster, prober, self._node_lost, self.scheduler.wake, settings.health)
         self.nodes = NodeAdmin(self.store, self.cluster, self.runner, self.health, self.scheduler.wake,
                                self.node_added)
         self.reload = Reload(settings, self.store, self.cluster, self.scheduler, self.users,
@@ -88,6 +89,13 @@ class Daemon:
         self.hooks.on_task_ended(self.callbacks.task_ended)
         self.hooks.on_metrics_reported(self.tunings.metrics_reported)
         self.views = Views(self.store, self.scheduler, self.runner, self.callbacks)
+
+    async def _node_lost(self, name: str, reason: str) -> None:
+        """A node failed its probe: its attempts are node failures, except a Slurm partition's, whose
+        jobs Slurm still runs (their handles keep following them and report how they end)."""
+        node = self.cluster.nodes.get(name)
+        if node is None or node.launcher != "slurm":
+            await self.runner.node_lost(name, reason)
 
     def _placed(self, placed) -> None:
         self.runner.dispatch(placed)  # late-bound: the runner is made after the scheduler
@@ -106,6 +114,10 @@ class Daemon:
         self.cluster.load_stored(await self.store.load_nodes())
         for node in self.cluster.nodes.values():
             self.node_added(node)
+        problems = await self.launchers["slurm"].check_partitions(list(self.cluster.nodes.values()))
+        if problems:
+            raise StartupError("config error: " + "; ".join(problems))
+        await self.health.run_once(kinds=("slurm",))  # partitions sized (sinfo) before the first task comes in
         await self.callbacks.start()  # before recovery: a lost attempt ends its task (and callback) there
         await recover(self.store, self.cluster, self.runner, self.intake, self.scheduler,
                       self.settings.server.kill_grace_s)

@@ -37,9 +37,10 @@ class HealthLoop:
             await self.run_once()
             await asyncio.sleep(self.cfg.interval_s)
 
-    async def run_once(self) -> None:
-        """Probe every remote node at once and apply the answers."""
-        names = [n.name for n in self.cluster.nodes.values() if n.launcher != "local"]
+    async def run_once(self, kinds: tuple[str, ...] | None = None) -> None:
+        """Probe every remote node (or those of ``kinds``) at once and apply the answers."""
+        names = [n.name for n in self.cluster.nodes.values()
+                 if n.launcher != "local" and (kinds is None or n.launcher in kinds)]
         answers = await asyncio.gather(*(self._probe(n) for n in names))
         for name, (ok, detail) in zip(names, answers):
             if name in self.cluster.nodes:
@@ -70,7 +71,18 @@ class HealthLoop:
         """The node answered: schedulable again (unless an admin said otherwise)."""
         self.probes[name] = {"ok": True, "at": time.time(), **probe}
         cluster = self.cluster
+        self._resize(name, probe.get("capacity"))
         if cluster.health.pop(name, None) is not None:
             log.info("node %s is back", name)
             cluster.set_schedulable()
             self.wake()
+
+    def _resize(self, name: str, capacity: dict[str, Any] | None) -> None:
+        """Take the sizes a probe measured (a Slurm partition's from sinfo) that the config left open."""
+        node = self.cluster.nodes[name]
+        if not capacity or all(getattr(node, k) == v for k, v in capacity.items()):
+            return
+        self.cluster.nodes[name] = node.model_copy(update=capacity)
+        self.cluster.rebuild()
+        log.info("node %s sized from its probe: %s", name, capacity)
+        self.wake()

@@ -5,7 +5,7 @@ idle, else drained: its attempts finish and it stays DRAINED until the next
 reload or restart drops it (or an admin deletes it).
 A changed node is applied only while nothing runs on it. Nodes added or
 deleted over the API keep the run-time decision, as they do at start.
-``[server]``, ``[ssh]``, ``[mpi]``, ``[health]``, ``[outbound]`` and ``[binding]`` need a restart.
+``[server]``, ``[ssh]``, ``[mpi]``, ``[slurm]``, ``[health]``, ``[outbound]`` and ``[binding]`` need a restart.
 
 A file that would weaken access is refused like an invalid one, because an
 empty or half-written ``oaasd.toml`` parses as "no users": turning auth on or
@@ -30,7 +30,7 @@ from oaasd.service.scheduler import Scheduler
 
 log = logging.getLogger("oaasd.reload")
 REMOVED = "removed from oaasd.toml"
-RESTART_ONLY = ("server", "ssh", "mpi", "health", "outbound", "binding")
+RESTART_ONLY = ("server", "ssh", "mpi", "slurm", "health", "outbound", "binding")
 
 
 def access_problem(old: Settings, new: Settings) -> str | None:

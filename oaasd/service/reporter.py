@@ -45,6 +45,9 @@ def classify(run: Run, exit_: Exit, node_failures: int) -> tuple[State, State, s
             f"killed by the OOM killer at its memory limit of {limit} MB" if limit else "killed by the OOM killer")
     if run.timed_out:
         return State.TIMEOUT, State.TIMEOUT, Reason.TIME_LIMIT, f"time limit {run.spec.time_limit_s}s"
+    if exit_.state in (State.TIMEOUT, State.OUT_OF_MEMORY):  # decided by a workload manager (Slurm)
+        reason = Reason.TIME_LIMIT if exit_.state == State.TIMEOUT else Reason.OUT_OF_MEMORY
+        return State(exit_.state), State(exit_.state), reason, exit_.reason
     if exit_.fault is not None and run.lost_reason is None:  # the task's own fault: no retry
         return State.FAILED, State.FAILED, exit_.fault, exit_.reason
     if exit_.lost or run.lost_reason is not None:

@@ -45,6 +45,11 @@ class Views:
             factors = self.scheduler.priority_factors(row["id"])
             if factors is not None:
                 out["priority_factors"] = factors
+        elif row["state"] == State.RUNNING:
+            run = self.runner.runs.get(row["id"])
+            queued = getattr(run.handle, "waiting", None) if run is not None else None  # ports.Queued
+            if queued:  # Slurm still queues its job
+                out["reason"], out["message"] = Reason.SLURM_PENDING.value, queued
         return out
 
     def new_task_summary(self, task_id: int, spec: TaskSpec, submitted_at: float) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def attempt_view(a: dict[str, Any]) -> dict[str, Any]:
             "signal": a["signal"], "reason": a["reason"], "message": a["message"],
             "stdout_read_bytes": a["stdout_offset"], "metrics_stored": a["metrics_stored"],
             "metrics_dropped": a["metrics_dropped"], "max_rss_mb": a["max_rss_mb"], "cpu_s": a["cpu_s"],
-            "elapsed_s": a["elapsed_s"], "enforced": enforced_view(a), "notes": notes}
+            "elapsed_s": a["elapsed_s"], "enforced": enforced_view(a), "notes": notes, **_slurm_job(a["locator"])}
 
 
 def enforced_view(a: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,3 +119,9 @@ def enforced_view(a: dict[str, Any]) -> dict[str, Any] | None:
     if not loc.get("cgroups"):
         return None
     return {"enforcement": loc["cgroup"], "cgroups": sorted(set(loc["cgroups"].values()))}
+
+
+def _slurm_job(locator: str | None) -> dict[str, Any]:
+    """``slurm_job_id`` of an attempt a Slurm job runs (its locator holds it), else nothing."""
+    job_id = json.loads(locator).get("slurm_job_id") if locator else None
+    return {} if job_id is None else {"slurm_job_id": str(job_id)}

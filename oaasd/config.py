@@ -6,8 +6,6 @@ import ipaddress
 import os
 import pwd
 import re
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from oaasd import gpus
 from oaasd.errors import ConfigError
 
 UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"  # a portable Unix account name (useradd's default rule)
@@ -119,50 +118,17 @@ class GpuDevice(Section):
     memory_mb: int = Field(0, ge=0, le=1 << 30)
 
 
-VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro", "amd", "radeon", "instinct"}
-
-
-def gpu_type_of(name: str) -> str:
-    """A short GPU type from a device name: vendor words dropped, words up to the first with
-    a digit joined (``NVIDIA A100-SXM4-40GB`` -> ``a100``, ``GeForce RTX 3090`` -> ``rtx3090``)."""
-    words = [w for w in re.split(r"[\s\-_]+", name.lower()) if w and w not in VENDOR_WORDS]
-    out = []
-    for w in words:
-        out.append(re.sub(r"[^a-z0-9.]", "", w))
-        if any(c.isdigit() for c in w):
-            break
-    return "".join(out)[:64]
-
-
 def parse_nvidia_smi(csv_text: str) -> list[GpuDevice]:
-    """Devices from ``nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader,nounits``.
-
-    Lines that do not parse (a header, a warning) are skipped; memory is MiB.
-    """
-    out = []
-    for line in csv_text.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 3 or not parts[0].isdigit():
-            continue
-        memory = parts[2].split()[0] if parts[2] else "0"
-        out.append(GpuDevice(index=int(parts[0]), type=gpu_type_of(parts[1]),
-                             memory_mb=int(memory) if memory.isdigit() else 0))
-    return out
-
-
-NVIDIA_SMI_QUERY = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+    """Devices from ``nvidia-smi``'s CSV (``oaasd.gpus.parse_nvidia_smi``)."""
+    return [GpuDevice(**d) for d in gpus.parse_nvidia_smi(csv_text)]
 
 
 def discover_local_gpus(cfg: "NodeConfig") -> list[GpuDevice] | None:
     """The GPUs of a local node from the head's ``nvidia-smi``; None where there is none or it fails."""
-    smi = shutil.which("nvidia-smi")
-    if cfg.launcher != "local" or smi is None:
+    if cfg.launcher != "local":
         return None
-    try:
-        done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else None
+    found = gpus.nvidia_smi_devices()
+    return None if found is None else [GpuDevice(**d) for d in found]
 
 
 # Fills a node's devices when its config gives no ``gpus`` (start and reload load the config

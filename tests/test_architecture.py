@@ -27,7 +27,7 @@ LAYERS = [
                  "oaasd.pipeline.loop", "oaasd.pipeline.actuators", "oaasd.pipeline.sources"]),
     ("io", ["oaasd.store", "oaasd.launchers", "oaasd.sim"]),
     ("cores", ["oaasd.core", "oaasd.tuning", "oaasd.pipeline"]),
-    ("vocabulary", ["oaasd.ports", "oaasd.states", "oaasd.models", "oaasd.errors", "oaasd.config"]),
+    ("vocabulary", ["oaasd.ports", "oaasd.states", "oaasd.models", "oaasd.errors", "oaasd.config", "oaasd.gpus"]),
 ]
 PURE = ["oaasd.core", "oaasd.tuning.space", "oaasd.tuning.gp", "oaasd.tuning.acquisition", "oaasd.tuning.samplers",
         "oaasd.tuning.pruners", "oaasd.tuning.pareto", "oaasd.tuning.tuner", "oaasd.pipeline.model",

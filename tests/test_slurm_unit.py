@@ -54,6 +54,9 @@ def test_a_gang_asks_per_task_and_spread_puts_one_per_node():
     assert {"--ntasks=4", "--cpus-per-task=2", "--mem-per-cpu=500M", "--gpus-per-task=1", "--nodes=4",
             "--ntasks-per-node=1"} <= set(argv)
     assert not any(a.startswith("--mem=") or a == "--nodes=1" for a in argv)
+    # whole GPUs only on Slurm: a share asks for one device; a type goes in the GRES
+    one = sbatch_argv("sbatch", SlurmNode("p"), job(res=Resources(cpus=1, gpus=0.25, gpu_type="a100")), "s", [])
+    assert "--gres=gpu:a100:1" in one
     single = sbatch_argv("sbatch", SlurmNode("p"), job(res=Resources(gpus=2)), "s", [])
     assert "--gres=gpu:2" in single and not any(a.startswith("--time") for a in single)
     assert "--chdir=/s/attempts/7/2" in single, "no workdir: the attempt directory"

@@ -123,7 +123,9 @@ def resource_args(job: LaunchJob) -> list[str]:
         # memory_mb is per worker: one worker per job is --mem, a gang asks per CPU.
         args.append(f"--mem={res.memory_mb}M" if workers == 1 else f"--mem-per-cpu={math.ceil(res.memory_mb / cpt)}M")
     if res is not None and res.gpus:
-        args.append(f"--gres=gpu:{res.gpus}" if workers == 1 else f"--gpus-per-task={res.gpus}")
+        # Slurm hands out whole GPUs: a share of one (gpus < 1) asks for one device.
+        n, kind = math.ceil(res.gpus), f"{res.gpu_type}:" if res.gpu_type else ""
+        args.append(f"--gres=gpu:{kind}{n}" if workers == 1 else f"--gpus-per-task={kind}{n}")
     if job.time_limit_s is not None:
         args.append(f"--time={time_minutes(job.time_limit_s)}")
     return args

@@ -54,7 +54,7 @@ class Daemon:
             try:
                 return self._start(timeout, env)
             except RuntimeError as exc:
-                if "address already in use" not in str(exc) or attempt == 2:
+                if "address already in use" not in str(exc).lower() or attempt == 2:  # the log says "Address"
                     raise
                 self.port = free_port()
         return self

@@ -23,10 +23,16 @@ EXAMPLES = 4  # fuzzed cases per operation (coverage adds its boundary cases): a
 
 
 def schemathesis_argv(url: str) -> list[str]:
-    """The schemathesis CLI run against ``url``: bounded, seeded, a worker per core."""
+    """The schemathesis CLI run against ``url``: bounded, seeded, one worker.
+
+    One worker, not one per core: with two worker threads, CPython 3.11.7's
+    ``ast.parse`` (which hypothesis calls to describe lambdas) now and then
+    raised ``SystemError: AST constructor recursion depth mismatch`` inside
+    schemathesis (a CPython race fixed in later 3.11 releases), failing the
+    test for no fault of the daemon's."""
     return [sys.executable, "-m", "schemathesis.cli", "run", url, "--checks", CHECKS,
             "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(EXAMPLES), "--seed", "6",
-            "--workers", "2", "--request-timeout", "20", "--exclude-path-regex", NOT_FUZZED,
+            "--workers", "1", "--request-timeout", "20", "--exclude-path-regex", NOT_FUZZED,
             "--suppress-health-check", "all"]
 
 

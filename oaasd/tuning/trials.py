@@ -18,6 +18,7 @@ from oaasd.errors import ValidationFailedError, pydantic_detail
 from oaasd.models import TaskSpec, parse_model
 from oaasd.states import State, TuningReason
 from oaasd.tuning import Trial, Tuner, TuningDescription
+from oaasd.tuning.openbox import is_openbox, normalize
 
 FAILED_STATES = (State.FAILED.value, State.TIMEOUT.value, State.NODE_FAIL.value, State.OUT_OF_MEMORY.value)
 CANCEL_ACTIVE = (TuningReason.TIME_BUDGET, TuningReason.FIRST_FEASIBLE)  # running trials no longer matter
@@ -113,8 +114,17 @@ def best_of(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]])
 
 
 def parse_description(body: bytes) -> tuple[dict[str, Any], TuningDescription, TaskSpec | None]:
-    """The raw JSON, the validated description and the trial template of a ``POST /v1/tunings``."""
+    """The stored JSON, the validated description and the trial template of a ``POST /v1/tunings``.
+
+    An OpenBox description (see ``openbox``) is stored normalized, so the view echoes the native form.
+    """
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):
+        raw = None  # parse_model reports it
+    if is_openbox(raw):
+        normalized, desc = normalize(raw)
+        return normalized, desc, trial_template(desc.trial)
     desc = parse_model(TuningDescription, body)
-    raw = json.loads(body)
-    return raw, desc, trial_template(desc.trial)
+    return json.loads(body), desc, trial_template(desc.trial)
 

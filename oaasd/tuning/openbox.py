@@ -14,7 +14,7 @@ by name) and no ``parameters`` list. Shape::
      "num_objectives": 1, "num_constraints": 1,
      "parallel_strategy": "async", "worker_num": 2, "use_history": false}
 
-``condition`` may also be a list of such objects. Objectives are named
+``condition`` may also be a list of such objects (then named by position). Objectives are named
 ``objs.0``, ``objs.1``, ... (minimized, as OpenBox minimizes) and constraints
 ``constraints.0``, ... (feasible when ``<= 0``, as OpenBox counts them),
 unless the native ``objectives`` / ``constraints`` lists are given instead.
@@ -78,7 +78,7 @@ class OBDescription(_Model):
     """The whole OpenBox task description (plus the native keys that pass through)."""
 
     parameter: Annotated[dict[Name, OBParameter], Field(min_length=1)]
-    condition: dict[StrictStr, OBCondition] | list[OBCondition] = {}
+    condition: dict[StrictStr, OBCondition] = {}  # a list is keyed by position first
     number_of_trials: StrictInt | None = None
     time_budget: Number | None = None
     task_type: Literal["soc", "moc"] | None = None
@@ -114,10 +114,12 @@ class _Problems:
 
 def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], TuningDescription]:
     """The native description of an OpenBox one (as JSON, and validated); 422 naming the OpenBox field."""
+    if isinstance(raw.get("condition"), list):
+        raw = {**raw, "condition": {str(i): c for i, c in enumerate(raw["condition"])}}
     try:
         ob = OBDescription.model_validate(raw, strict=True)
     except ValidationError as exc:
-        raise ValidationFailedError("invalid OpenBox tuning description", pydantic_detail(exc)) from None
+        raise ValidationFailedError("invalid OpenBox tuning description", _clean(pydantic_detail(exc))) from None
     bad = _Problems()
     params = {name: _parameter(name, p, bad) for name, p in ob.parameter.items()}
     _conditions(ob, params, bad)
@@ -130,6 +132,19 @@ def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], TuningDescription]:
         if key in raw and key not in ("objectives", "constraints"):
             out[key] = raw[key]
     return out, _validate_native(out)
+
+
+def _clean(detail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop pydantic's union tags from field paths (``bound.0.int`` is ``bound.0``), one entry per field."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in detail:
+        parts = d["field"].split(".")
+        keep = {"parameter": 3, "condition": 3}.get(parts[0], 1)
+        head, tail = parts[:keep], parts[keep:]
+        if tail and tail[0].isdigit():
+            head.append(tail[0])
+        out.setdefault(".".join(head), {**d, "field": ".".join(head)})
+    return list(out.values())
 
 
 def _parameter(name: str, p: OBParameter, bad: _Problems) -> dict[str, Any] | None:
@@ -194,8 +209,7 @@ def _bound_ok(where: str, p: OBParameter, bad: _Problems) -> bool:
 
 
 def _conditions(ob: OBDescription, params: dict[str, dict[str, Any] | None], bad: _Problems) -> None:
-    items = ob.condition.items() if isinstance(ob.condition, dict) else enumerate(ob.condition)
-    for key, c in items:
+    for key, c in ob.condition.items():
         where = f"condition.{key}"
         child, parent = params.get(c.child), params.get(c.parent)
         if c.child not in params:

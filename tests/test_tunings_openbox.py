@@ -74,6 +74,7 @@ def test_openbox_description_runs_on_the_daemon_and_respects_conditions(daemon_f
     assert (view["state"], view["reason"]) == ("COMPLETED", "NumberOfTrials"), view
     trials = view["trials"]
     assert len(trials) == 10 and all(t["state"] == "COMPLETED" for t in trials), trials
+    assert [t["number"] for t in sorted(trials, key=lambda t: t["trial_id"])] == list(range(10))
     bad = [t["config"] for t in trials if not active_as_conditioned(t["config"])]
     assert not bad, bad
     assert view["best"]["feasible"] and view["best"]["config"]["lr"] <= 0.05, view["best"]
@@ -87,21 +88,30 @@ def test_gp_suggestions_to_a_worker_respect_conditions(daemon_factory):
     tid = view["id"]
     status, w = d.request("POST", f"/v1/tunings/{tid}/workers", {"name": "ob"})
     assert status == 201, w
-    seen = []
+    seen, handed, obs_numbers = [], [], []
     for _ in range(14):
         status, s = d.request("POST", f"/v1/tunings/{tid}/suggest", {"worker_id": w["worker_id"]})
         assert status == 200 and not s["done"], s
         c = s["config"]
         seen.append(c)
+        handed.append(s)
+        again = d.request("POST", f"/v1/tunings/{tid}/suggest", {"worker_id": w["worker_id"]})[1]
+        assert (again["trial_id"], again["number"]) == (s["trial_id"], s["number"])  # the open trial, same number
         loss = (c["lr"] - 0.01) ** 2 + (c.get("alpha", 0.5) - 0.3) ** 2
         status, obs = d.request("POST", f"/v1/tunings/{tid}/observations", {
             "trial_id": s["trial_id"], "objectives": {"objs.0": loss}, "constraints": {"constraints.0": c["lr"] - 0.05}})
         assert status == 200, obs
+        obs_numbers.append(obs["number"])
     assert [c for c in seen if not active_as_conditioned(c)] == []
     # both sides of each condition were suggested, so the check above saw active and inactive children
     assert {"alpha" in c for c in seen} == {True, False} and {"n" in c for c in seen} == {True, False}, seen
     view = wait_view(d, tid, lambda v: v["state"] in FINAL)
     assert view["state"] == "COMPLETED", view
+    # per-tuning numbers: handed out 0..13, shown beside the global ids in creation order
+    assert [s["number"] for s in handed] == list(range(14))
+    assert [(t["trial_id"], t["number"]) for t in view["trials"]] == [(s["trial_id"], s["number"]) for s in handed]
+    assert obs_numbers == list(range(14))
+    assert view["best"]["number"] == next(t["number"] for t in view["trials"] if t["trial_id"] == view["best"]["trial_id"])
 
 
 def test_malformed_openbox_descriptions_are_422_naming_the_field(daemon_factory):

@@ -122,6 +122,44 @@ def test_bad_descriptions_name_the_openbox_field(body, field):
     assert field in fields, e.value.detail
 
 
+# OpenBox's own task config (its ``parameters`` object, as get_config_space_from_dict reads it)
+OPENBOX_OWN = {
+    "optimizer": "SMBO", "advisor_type": "default", "surrogate_type": "gp", "logging_dir": "logs", "task_id": "hp1",
+    "parameters": {"x1": {"type": "float", "bound": [-5, 10], "default": 0},
+                   "x2": {"type": "real", "bound": [0, 15], "log": "false"},
+                   "n": {"type": "integer", "bound": [1, 10], "default": 5, "log": "false", "q": 1},
+                   "act": {"type": "cate", "choice": ["relu", "tanh"]},
+                   "fixed": {"type": "const", "value": "adam"}},
+    "conditions": {"c": {"type": "equal", "parent": "act", "child": "n", "value": "relu"}},
+    "max_runs": 50, "time_limit_per_trial": 5, "random_state": 1,
+}
+
+
+def test_openbox_own_spellings_normalize():
+    out, desc = normalize(OPENBOX_OWN)
+    by = {p["name"]: p for p in out["parameters"]}
+    assert by["x2"] == {"name": "x2", "type": "float", "low": 0.0, "high": 15.0, "log": False}
+    assert by["n"]["type"] == "int" and by["n"]["condition"] == {"parent": "act", "equals": "relu"}
+    assert by["act"]["type"] == "categorical" and by["fixed"] == {"name": "fixed", "type": "categorical",
+                                                                  "choices": ["adam"]}
+    assert (out["number_of_trials"], out["trial_timeout_s"], out["seed"], out["name"]) == (50, 5, 1, "hp1")
+    assert "optimizer" not in out and desc.number_of_trials == 50
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"parameters": {"x": {"type": "float", "bound": [2, 1]}}}, "parameters.x.bound"),
+    ({"parameters": {"x": {"type": "float", "bound": [0, 1], "q": 0.1}}}, "parameters.x.q"),
+    ({"parameters": {"x": {"type": "const"}}}, "parameters.x.value"),
+    ({"parameters": {"x": {"type": "float", "bound": [0, 1], "log": "maybe"}}}, "parameters.x.log"),
+    ({"conditions": {"c": {"type": "equal", "parent": "act", "child": "zz", "value": "relu"}}}, "conditions.c.child"),
+    ({"number_of_trials": 5}, "max_runs"),
+])
+def test_openbox_own_spellings_are_named_in_errors(patch, field):
+    with pytest.raises(ValidationFailedError) as e:
+        normalize({**OPENBOX_OWN, **patch})
+    assert field in [d["field"] for d in e.value.detail], e.value.detail
+
+
 def test_condition_cycles_are_refused():
     a, b = {"type": "cat", "choice": ["x", "y"]}, {"type": "cat", "choice": ["x", "y"]}
     cond = {"ab": {"type": "equal", "parent": "a", "child": "b", "value": "x"},
@@ -133,6 +171,7 @@ def test_condition_cycles_are_refused():
 
 def test_dialect_is_detected_by_its_keys_and_the_native_one_is_untouched():
     assert is_openbox(ob()) and not is_openbox({"parameters": [], "parameter": {}}) and not is_openbox([1])
+    assert is_openbox({"parameters": {}}) and not is_openbox({"parameters": []})
     raw, desc, template = parse_description(json.dumps(ob(condition={"c": ON})).encode())
     assert raw["parameters"][1]["condition"] == {"parent": "method", "equals": "smoothquant"}
     assert template is None and desc.objectives[0].metric == "objs.0"

@@ -21,6 +21,11 @@ unless the native ``objectives`` / ``constraints`` lists are given instead.
 The native keys ``name``, ``seed``, ``sampler``, ``early_stopping``,
 ``baseline``, ``trial``, ``trial_timeout_s`` and ``stop_when`` pass through.
 
+OpenBox's own task-config spellings are accepted too (``ALIASES``: a
+``parameters`` *object*, ``conditions``, ``max_runs``, ...; type aliases in
+``TYPES``); the keys in ``IGNORED`` pick OpenBox's own machinery and are left
+out.
+
 Every error names the field as the user wrote it (``parameter.lr.bound``,
 ``condition.alpha_on.value``) in the same 422 as the native dialect.
 """
@@ -46,7 +51,16 @@ from oaasd.errors import ValidationFailedError, pydantic_detail
 from oaasd.tuning.description import Choice, Name, TuningDescription, choice_key
 
 Number = Union[StrictInt, StrictFloat]
-TYPES = {"float": "float", "int": "int", "cat": "categorical", "ord": "ordinal"}
+TYPES = {"float": "float", "real": "float", "int": "int", "integer": "int", "cat": "categorical",
+         "cate": "categorical", "categorical": "categorical", "ord": "ordinal", "ordinal": "ordinal",
+         "const": "categorical", "constant": "categorical"}
+NUMERIC = ("float", "int")
+# OpenBox's own names for keys this dialect spells otherwise: (alias, key)
+ALIASES = (("parameters", "parameter"), ("conditions", "condition"), ("max_runs", "number_of_trials"),
+           ("num_objs", "num_objectives"), ("random_state", "seed"), ("time_limit_per_trial", "trial_timeout_s"))
+# Keys of an OpenBox task config that choose OpenBox's own machinery: accepted and left out.
+IGNORED = ("optimizer", "advisor_type", "surrogate_type", "acq_type", "acq_optimizer_type", "logging_dir",
+           "visualization", "task_id", "task_name", "batch_strategy")
 PASS_THROUGH = ("name", "seed", "sampler", "early_stopping", "baseline", "trial", "trial_timeout_s", "stop_when",
                 "objectives", "constraints")
 
@@ -58,11 +72,14 @@ class _Model(BaseModel):
 class OBParameter(_Model):
     """One entry of ``parameter``: ``bound`` for float/int, ``choice`` for cat/ord."""
 
-    type: Literal["float", "int", "cat", "ord"]
+    type: Literal["float", "real", "int", "integer", "cat", "cate", "categorical", "ord", "ordinal",
+                  "const", "constant"]
     bound: list[Number] | None = None
     choice: list[Choice] | None = None
+    value: Choice | None = None  # const
     default: Choice | None = None
-    log: StrictBool = False
+    log: StrictBool | Literal["true", "false", "True", "False"] = False
+    q: Number | None = None
 
 
 class OBCondition(_Model):
@@ -100,8 +117,35 @@ class OBDescription(_Model):
 
 
 def is_openbox(raw: Any) -> bool:
-    """Whether a parsed body is in the OpenBox dialect (``parameter`` object, no ``parameters``)."""
-    return isinstance(raw, dict) and "parameter" in raw and "parameters" not in raw
+    """Whether a parsed body is in the OpenBox dialect: a ``parameter`` (or ``parameters``) *object* keyed by name."""
+    if not isinstance(raw, dict):
+        return False
+    return ("parameter" in raw and "parameters" not in raw) or isinstance(raw.get("parameters"), dict)
+
+
+def _unalias(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """OpenBox's own key names mapped to this dialect's; returns the body and {key: the name the user wrote}."""
+    body = {k: v for k, v in raw.items() if k not in IGNORED}
+    if "name" not in body and isinstance(raw.get("task_name", raw.get("task_id")), (str, int, float)):
+        body["name"] = str(raw.get("task_name", raw.get("task_id")))
+    wrote: dict[str, str] = {}
+    for alias, key in ALIASES:
+        if alias in body:
+            if key in body:
+                raise ValidationFailedError("invalid OpenBox tuning description", [
+                    {"field": alias, "problem": f"give {alias!r} or {key!r}, not both", "type": "value_error"}])
+            body[key] = body.pop(alias)
+            wrote[key] = alias
+    return body, wrote
+
+
+def _renamed(detail: list[dict[str, Any]], wrote: dict[str, str]) -> list[dict[str, Any]]:
+    """Fields named with the keys the user wrote (``parameters.lr.bound`` when it was ``parameters``)."""
+    out = []
+    for d in detail:
+        head, dot, rest = d["field"].partition(".")
+        out.append({**d, "field": wrote.get(head, head) + dot + rest})
+    return out
 
 
 class _Problems:
@@ -114,6 +158,14 @@ class _Problems:
 
 def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], TuningDescription]:
     """The native description of an OpenBox one (as JSON, and validated); 422 naming the OpenBox field."""
+    raw, wrote = _unalias(raw)
+    try:
+        return _normalize(raw)
+    except ValidationFailedError as exc:
+        raise ValidationFailedError(str(exc), _renamed(exc.detail, wrote)) from None
+
+
+def _normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], TuningDescription]:
     if isinstance(raw.get("condition"), list):
         raw = {**raw, "condition": {str(i): c for i, c in enumerate(raw["condition"])}}
     try:
@@ -149,24 +201,36 @@ def _clean(detail: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _parameter(name: str, p: OBParameter, bad: _Problems) -> dict[str, Any] | None:
     where = f"parameter.{name}"
-    out: dict[str, Any] = {"name": name, "type": TYPES[p.type]}
-    if p.type in ("float", "int"):
+    kind = TYPES[p.type]
+    out: dict[str, Any] = {"name": name, "type": kind}
+    log = p.log if isinstance(p.log, bool) else p.log.lower() == "true"
+    if p.q is not None and not (kind == "int" and p.q == 1):
+        bad.add(f"{where}.q", "quantization is not supported (only q: 1 on an int, which changes nothing)")
+        return None
+    if p.type in ("const", "constant"):
+        if p.value is None:
+            bad.add(f"{where}.value", "a constant takes its 'value'")
+            return None
+        return {**out, "choices": [p.value]}
+    if p.value is not None:
+        bad.add(f"{where}.value", "only a const parameter takes 'value'")
+    if kind in NUMERIC:
         if p.choice is not None:
             bad.add(f"{where}.choice", f"a {p.type} parameter takes 'bound', not 'choice'")
-        if not _bound_ok(where, p, bad):
+        if not _bound_ok(where, kind, log, p.bound, bad):
             return None
         low, high = p.bound  # type: ignore[misc]
-        out.update(low=float(low) if p.type == "float" else low, high=float(high) if p.type == "float" else high,
-                   log=p.log)
+        out.update(low=float(low) if kind == "float" else low, high=float(high) if kind == "float" else high,
+                   log=log)
         if p.default is not None:
-            ok = _number(p.default) and (p.type == "float" or isinstance(p.default, int))
+            ok = _number(p.default) and (kind == "float" or isinstance(p.default, int))
             if not ok or not low <= p.default <= high:
-                bad.add(f"{where}.default", f"default {p.default!r} is not a {p.type} in [{low}, {high}]")
+                bad.add(f"{where}.default", f"default {p.default!r} is not a {kind} in [{low}, {high}]")
                 return None
-            out["default"] = float(p.default) if p.type == "float" else p.default
+            out["default"] = float(p.default) if kind == "float" else p.default
         return out
     for key in ("bound", "log"):
-        if getattr(p, key) not in (None, False):
+        if getattr(p, key) not in (None, False, "false", "False"):
             bad.add(f"{where}.{key}", f"a {p.type} parameter takes 'choice', not {key!r}")
     if not p.choice:
         bad.add(f"{where}.choice", "give a non-empty list of choices")
@@ -188,12 +252,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _bound_ok(where: str, p: OBParameter, bad: _Problems) -> bool:
-    b = p.bound
+def _bound_ok(where: str, kind: str, log: bool, b: list[Any] | None, bad: _Problems) -> bool:
     if b is None or len(b) != 2:
         bad.add(f"{where}.bound", "give [lower, upper]")
         return False
-    if p.type == "int" and not all(isinstance(v, int) for v in b):
+    if kind == "int" and not all(isinstance(v, int) for v in b):
         bad.add(f"{where}.bound", "an int parameter's bounds must be integers")
         return False
     if not all(math.isfinite(v) for v in b):
@@ -202,7 +265,7 @@ def _bound_ok(where: str, p: OBParameter, bad: _Problems) -> bool:
     if not b[0] < b[1]:
         bad.add(f"{where}.bound", f"lower ({b[0]}) must be less than upper ({b[1]})")
         return False
-    if p.log and b[0] <= 0:
+    if log and b[0] <= 0:
         bad.add(f"{where}.bound", f"a log scale needs lower > 0 (got {b[0]})")
         return False
     return True

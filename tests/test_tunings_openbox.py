@@ -116,6 +116,15 @@ def test_gp_suggestions_to_a_worker_respect_conditions(daemon_factory):
 
 def test_malformed_openbox_descriptions_are_422_naming_the_field(daemon_factory):
     d = daemon_factory(NODES)
+    own = {"optimizer": "SMBO", "task_id": "hp1", "max_runs": 5,
+           "parameters": {"x1": {"type": "float", "bound": [-5, 10], "default": 0},
+                          "x2": {"type": "float", "bound": [0, 15]}}}
+    status, view = d.request("POST", "/v1/tunings", own)  # OpenBox's own task config, as it writes it
+    assert status == 201 and view["name"] == "hp1" and view["number_of_trials"] == 5, view
+    assert [p["name"] for p in view["description"]["parameters"]] == ["x1", "x2"]
+    status, answer = d.request("POST", "/v1/tunings", {**own, "parameters": {"x1": {"type": "float", "bound": [1, 0]}}})
+    assert status == 422 and answer["detail"][0]["field"] == "parameters.x1.bound", answer
+    d.request("DELETE", f"/v1/tunings/{view['id']}")
     cases = [
         ({**OPENBOX, "parameter": {**OPENBOX["parameter"], "lr": {"type": "float", "bound": [0.1, 0.01]}}},
          "parameter.lr.bound"),
@@ -136,4 +145,4 @@ def test_malformed_openbox_descriptions_are_422_naming_the_field(daemon_factory)
               "objectives": [{"metric": "loss"}]}
     status, answer = d.request("POST", "/v1/tunings", native)
     assert status == 422 and answer["error"] == d.request("POST", "/v1/tunings", cases[0][0])[1]["error"]
-    assert d.request("GET", "/v1/tunings")[1]["items"] == []
+    assert [t["id"] for t in d.request("GET", "/v1/tunings")[1]["items"]] == [view["id"]]  # no other was made

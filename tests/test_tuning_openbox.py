@@ -166,7 +166,7 @@ def test_condition_cycles_are_refused():
             "ba": {"type": "equal", "parent": "b", "child": "a", "value": "x"}}
     with pytest.raises(ValidationFailedError, match="OpenBox") as e:
         normalize({"parameter": {"a": a, "b": b}, "condition": cond})
-    assert "cycle" in str(e.value.detail)
+    assert [d["field"] for d in e.value.detail] == ["condition"] and "cycle" in str(e.value.detail)
 
 
 def test_dialect_is_detected_by_its_keys_and_the_native_one_is_untouched():

@@ -374,6 +374,8 @@ def _validate_native(out: dict[str, Any]) -> TuningDescription:
             if parts[0] == "parameters" and len(parts) > 1 and parts[1].isdigit():
                 name = out["parameters"][int(parts[1])]["name"]
                 field = f"parameter.{name}" + "".join(f".{p}" for p in parts[3:])
+            elif parts == ["body"] and "condition" in d["problem"]:
+                field = "condition"  # a whole-description check: a cycle of conditions
             else:
                 field = NATIVE_FIELDS.get(parts[0], parts[0]) + "".join(f".{p}" for p in parts[1:])
             detail.append({**d, "field": field})

@@ -23,6 +23,7 @@ from oaasd.client.commands import (
     EXIT_OTHER,
     ProgressLine,
     _guarded,
+    add_connection_options,
     connect,
     printable,
     table,
@@ -43,7 +44,6 @@ EXIT_TABLE = """exit codes of `oaasd tune wait`:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     """Register ``oaasd tune ...`` on the console script's sub-parsers."""
-    from oaasd.client.commands import add_connection_options
     common = argparse.ArgumentParser(add_help=False)
     add_connection_options(common)
     tune = sub.add_parser("tune", parents=[common], help="create, follow and cancel tunings")

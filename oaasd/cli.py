@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         commands as client_cli,  # submit, status, logs, cancel, wait, nodes, drain, resume
     )
     from oaasd.sim import command as sim_command  # simulate (numpy loads only when it runs)
+    from oaasd.client import tune as tune_cli  # tune create/status/best/trials/cancel/wait
     parser = argparse.ArgumentParser(prog="oaasd", description="Optimization as a Service daemon")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     client_cli.add_connection_options(parser)  # also accepted after the sub-command
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p_token.add_argument("token", nargs="?", help="the token to hash (default: read one line from stdin)")
     p_token.set_defaults(func=cmd_token)
     client_cli.add_commands(sub)
+    tune_cli.add_command(sub)
     sim_command.add_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)

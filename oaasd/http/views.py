@@ -242,6 +242,7 @@ class TrialBrief(View):
     """A trial on the Pareto front, by its first objective."""
 
     trial_id: int
+    number: int | None = Field(None, description="the trial's number within its tuning: 0, 1, 2, ... in creation order")
     task_id: int | None = Field(description="the trial's task (daemon-run tunings); null for external workers")
     config: dict[str, Any]
     metrics: dict[str, Any] | None
@@ -259,6 +260,7 @@ class TrialView(View):
     """One trial of a tuning: its configuration and how it ended."""
 
     trial_id: int
+    number: int | None = Field(None, description="the trial's number within its tuning: 0, 1, 2, ... in creation order")
     task_id: int | None
     config: dict[str, Any]
     baseline: bool
@@ -288,7 +290,7 @@ class TuningView(TuningSummary):
     pareto_front: list[TrialBrief] | None = Field(description="multi-objective tunings only")
     trial_counts: dict[str, int]
     trials: list[TrialView]
-    description: dict[str, Any] = Field(description="the description as submitted")
+    description: dict[str, Any] = Field(description="the description as submitted (an OpenBox one normalized)")
 
 
 class TuningPage(View):
@@ -312,6 +314,7 @@ class WorkerSuggestion(View):
     done: bool
     trial_id: int | None
     reason: str | None = Field(None, description="why no trial: the tuning's stop reason, or TrialsRunning")
+    number: int | None = Field(None, description="the trial's number within its tuning: 0, 1, 2, ... in creation order")
     worker_id: int | None = None
     config: dict[str, Any] | None = None
     baseline: bool | None = None

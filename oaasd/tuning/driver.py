@@ -37,6 +37,7 @@ from oaasd.tuning.trials import (
     FAILED_STATES,
     best_of,
     brief,
+    numbers,
     series_of,
     summarize,
     to_trial,
@@ -295,7 +296,8 @@ class Tunings:
         tuner = self.tuners.get(tuning_id) or Tuner.from_json(row["description"])
         rows = await self.db.trials(tuning_id)
         trials = [to_trial(r) for r in rows]
-        by_id = {r["trial_id"]: r for r in rows}
+        number = numbers(rows)
+        by_id = {r["trial_id"]: {**r, "number": number[r["trial_id"]]} for r in rows}
         out = summarize(row)
         d = tuner.description
         out["objectives"] = [o.model_dump(mode="json") for o in d.objectives]
@@ -311,7 +313,7 @@ class Tunings:
         out["best"] = best_of(tuner, trials, by_id)
         out["pareto_front"] = [brief(by_id[t.trial_id], tuner) for t in tuner.pareto(trials)] \
             if len(d.objectives) > 1 else None
-        views = [trial_view(r) for r in rows]
+        views = [trial_view(r, number[r["trial_id"]]) for r in rows]
         out["trial_counts"] = {s: sum(v["state"] == s for v in views) for s in sorted({v["state"] for v in views})}
         out["trials"] = views
         out["description"] = row["description"]

@@ -18,6 +18,7 @@ from oaasd.errors import ValidationFailedError, pydantic_detail
 from oaasd.models import TaskSpec, parse_model
 from oaasd.states import State, TuningReason
 from oaasd.tuning import Trial, Tuner, TuningDescription
+from oaasd.tuning.openbox import is_openbox, normalize
 
 FAILED_STATES = (State.FAILED.value, State.TIMEOUT.value, State.NODE_FAIL.value, State.OUT_OF_MEMORY.value)
 CANCEL_ACTIVE = (TuningReason.TIME_BUDGET, TuningReason.FIRST_FEASIBLE)  # running trials no longer matter
@@ -76,15 +77,24 @@ def series_of(metrics: list[dict[str, Any]], metric: str) -> list[tuple[float, f
     return out
 
 
-def trial_view(r: dict[str, Any]) -> dict[str, Any]:
+def numbers(rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Each trial's per-tuning number (0, 1, 2, ... in creation order) from its tuning's ``trials`` rows.
+
+    A tuning's trials are never deleted and ``trials`` lists them oldest first,
+    so a trial keeps its number for the tuning's life.
+    """
+    return {r["trial_id"]: i for i, r in enumerate(rows)}
+
+
+def trial_view(r: dict[str, Any], number: int | None = None) -> dict[str, Any]:
     """One trial as the tuning view shows it (daemon-run: task and node; external: worker)."""
     state = "PRUNED" if r["pruned"] and r["state"] == State.CANCELLED else r["state"]
     end = r["ended_at"] if r["ended_at"] is not None else (None if r["started_at"] is None else time.time())
     duration = r.get("elapsed_s")
     if duration is None and r["started_at"] is not None:
         duration = end - r["started_at"]
-    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "baseline": r["baseline"],
-            "state": state, "reason": r["prune_reason"] if state == "PRUNED" else r["reason"],
+    return {"trial_id": r["trial_id"], "number": number, "task_id": r["task_id"], "config": r["config"],
+            "baseline": r["baseline"], "state": state, "reason": r["prune_reason"] if state == "PRUNED" else r["reason"],
             "message": r["message"], "metrics": r["result"], "node": r["node"], "worker_id": r.get("worker_id"),
             "started_at": r["started_at"], "ended_at": r["ended_at"], "duration_s": duration}
 
@@ -93,8 +103,8 @@ def brief(r: dict[str, Any], tuner: Tuner) -> dict[str, Any]:
     """A trial as the best and the Pareto front show it, by the first objective."""
     o = tuner.description.objectives[0]
     value = (r["result"] or {}).get(o.metric)
-    return {"trial_id": r["trial_id"], "task_id": r["task_id"], "config": r["config"], "metrics": r["result"],
-            "metric": o.metric, "value": value}
+    return {"trial_id": r["trial_id"], "number": r.get("number"), "task_id": r["task_id"], "config": r["config"],
+            "metrics": r["result"], "metric": o.metric, "value": value}
 
 
 def best_of(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
@@ -113,8 +123,17 @@ def best_of(tuner: Tuner, trials: list[Trial], by_id: dict[int, dict[str, Any]])
 
 
 def parse_description(body: bytes) -> tuple[dict[str, Any], TuningDescription, TaskSpec | None]:
-    """The raw JSON, the validated description and the trial template of a ``POST /v1/tunings``."""
+    """The stored JSON, the validated description and the trial template of a ``POST /v1/tunings``.
+
+    An OpenBox description (see ``openbox``) is stored normalized, so the view echoes the native form.
+    """
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):
+        raw = None  # parse_model reports it
+    if is_openbox(raw):
+        normalized, desc = normalize(raw)
+        return normalized, desc, trial_template(desc.trial)
     desc = parse_model(TuningDescription, body)
-    raw = json.loads(body)
-    return raw, desc, trial_template(desc.trial)
+    return json.loads(body), desc, trial_template(desc.trial)
 

@@ -38,7 +38,7 @@ from oaasd.errors import ConflictError, ValidationFailedError
 from oaasd.states import ACTIVE, Reason, State, TuningReason
 from oaasd.store.tunings import TuningStore
 from oaasd.tuning import Suggestion, Trial, Tuner
-from oaasd.tuning.trials import CANCEL_ACTIVE, to_trial, trial_view
+from oaasd.tuning.trials import CANCEL_ACTIVE, numbers, to_trial, trial_view
 
 RETRY_AFTER_S = 0.5
 OUTCOMES = {"SUCCEEDED": (State.COMPLETED, TuningReason.OBSERVED), "FAILED": (State.FAILED, TuningReason.WORKER_FAILED)}
@@ -101,7 +101,7 @@ class Workers:
             rows, reason = await self._settle(tuning_id)
             mine = [r for r in rows if r["worker_id"] == worker_id and r["state"] in ACTIVE]
             if mine:
-                return _handout(mine[0])
+                return _handout(mine[0], numbers(rows)[mine[0]["trial_id"]])
             if reason is not None:
                 return {"done": True, "reason": reason, "trial_id": None}
             return await self._new_trial(tuning_id, worker_id, rows)
@@ -122,7 +122,7 @@ class Workers:
                 state, reason = OUTCOMES[outcome]
                 await self.db.end_worker_trials([trial_id], state.value, reason, result=metrics, elapsed_s=elapsed_s)
                 await self._settle(tuning_id)
-        return trial_view(await self.db.worker_trial(trial_id))
+        return trial_view(await self.db.worker_trial(trial_id), numbers(await self.db.trials(tuning_id))[trial_id])
 
     async def should_stop(self, tuning_id: int, trial_id: int, step: float, value: float | None,
                           metrics: dict[str, float] | None) -> dict[str, Any]:
@@ -190,8 +190,10 @@ class Workers:
             return {"done": True, "reason": TuningReason.SPACE_EXHAUSTED, "trial_id": None}
         new = await self.db.add_worker_trial(tuning_id, worker_id, s.config, s.baseline,
                                              tuner.description.trial_timeout_s)
-        self._arm(tuning_id, await self.db.trials(tuning_id))
-        return {"done": False, "trial_id": new["trial_id"], "worker_id": worker_id, "config": s.config,
+        rows = await self.db.trials(tuning_id)
+        self._arm(tuning_id, rows)
+        return {"done": False, "trial_id": new["trial_id"], "number": numbers(rows)[new["trial_id"]],
+                "worker_id": worker_id, "config": s.config,
                 "baseline": s.baseline, "deadline_at": new["deadline_at"]}
 
     async def _next_suggestion(self, tuning_id: int, trials: list[Trial]) -> Suggestion | None:
@@ -280,8 +282,8 @@ def _state(row: dict[str, Any]) -> str:
     return "PRUNED" if row["pruned"] else row["state"]
 
 
-def _handout(row: dict[str, Any]) -> dict[str, Any]:
-    return {"done": False, "trial_id": row["trial_id"], "worker_id": row["worker_id"], "config": row["config"],
+def _handout(row: dict[str, Any], number: int) -> dict[str, Any]:
+    return {"done": False, "trial_id": row["trial_id"], "number": number, "worker_id": row["worker_id"], "config": row["config"],
             "baseline": row["baseline"], "deadline_at": row["deadline_at"]}
 
 

@@ -60,30 +60,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--priority", action="store_true",
                    help="pending tasks with their priority factors, highest score first (like sprio)")
     p.add_argument("--json", action="store_true", help="print the server's JSON answer")
-    p.set_defaults(func=_guarded(cmd_status))
+    p.set_defaults(func=guarded(cmd_status))
     p = sub.add_parser("logs", parents=[common], help="print a task's stdout")
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
     p.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
-    p.set_defaults(func=_guarded(cmd_logs))
+    p.set_defaults(func=guarded(cmd_logs))
     p = sub.add_parser("cancel", parents=[common], help="cancel a task")
     p.add_argument("id", type=int)
-    p.set_defaults(func=_guarded(cmd_cancel))
+    p.set_defaults(func=guarded(cmd_cancel))
     p = sub.add_parser("wait", parents=[common], help="wait for a task to end, showing its progress",
                        epilog=EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("id", type=int)
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
-    p.set_defaults(func=_guarded(cmd_wait))
+    p.set_defaults(func=guarded(cmd_wait))
     p = sub.add_parser("nodes", parents=[common], help="list nodes with free and total resources")
     p.add_argument("--json", action="store_true", help="print the server's JSON answer")
-    p.set_defaults(func=_guarded(cmd_nodes))
+    p.set_defaults(func=guarded(cmd_nodes))
     p = sub.add_parser("drain", parents=[common], help="drain a node: running work ends, nothing new starts")
     p.add_argument("node")
     p.add_argument("--reason", required=True)
-    p.set_defaults(func=_guarded(cmd_drain))
+    p.set_defaults(func=guarded(cmd_drain))
     p = sub.add_parser("resume", parents=[common], help="take a node back into service")
     p.add_argument("node")
-    p.set_defaults(func=_guarded(cmd_resume))
+    p.set_defaults(func=guarded(cmd_resume))
 
 
 def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -106,10 +106,10 @@ def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--json", action="store_true", help="print the whole answer instead of the id")
     # REMAINDER keeps a leading "--", which tells a command from a file name.
     p.add_argument("words", nargs=argparse.REMAINDER, help="FILE.json, or -- CMD ARGS...")
-    p.set_defaults(func=_guarded(cmd_submit), submit_parser=p)
+    p.set_defaults(func=guarded(cmd_submit), submit_parser=p)
 
 
-def _guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Run a command, turning a failed request into one line on stderr and exit code 4."""
     @functools.wraps(cmd)
     def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from oaasd.client.commands import (
     EXIT_ERROR,
     EXIT_OTHER,
     ProgressLine,
-    _guarded,
+    guarded,
     add_connection_options,
     connect,
     printable,
@@ -51,26 +51,26 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("create", parents=[common], help="start a tuning from a JSON file (native or OpenBox's)")
     p.add_argument("file", help="the tuning description ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="print the whole answer instead of the id")
-    p.set_defaults(func=_guarded(cmd_create))
+    p.set_defaults(func=guarded(cmd_create))
     p = verbs.add_parser("status", parents=[common], help="progress, best so far and the trials of a tuning")
     p.add_argument("id", type=int)
-    p.set_defaults(func=_guarded(cmd_status))
+    p.set_defaults(func=guarded(cmd_status))
     p = verbs.add_parser("best", parents=[common], help="the best trial of a tuning")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print the best trial as JSON")
-    p.set_defaults(func=_guarded(cmd_best))
+    p.set_defaults(func=guarded(cmd_best))
     p = verbs.add_parser("trials", parents=[common], help="every trial of a tuning")
     p.add_argument("id", type=int)
     p.add_argument("--csv", action="store_true", help="CSV: number, id, state, metrics, parameters")
-    p.set_defaults(func=_guarded(cmd_trials))
+    p.set_defaults(func=guarded(cmd_trials))
     p = verbs.add_parser("cancel", parents=[common], help="cancel a tuning and its running trials")
     p.add_argument("id", type=int)
-    p.set_defaults(func=_guarded(cmd_cancel))
+    p.set_defaults(func=guarded(cmd_cancel))
     p = verbs.add_parser("wait", parents=[common], help="wait for a tuning to end, with a progress bar",
                          epilog=EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("id", type=int)
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
-    p.set_defaults(func=_guarded(cmd_wait))
+    p.set_defaults(func=guarded(cmd_wait))
 
 
 def get(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from oaasd.config import NodeConfig
 from oaasd.core import placement as pl
+from oaasd.core.jobs import shape
 from oaasd.errors import OaasError
 
 
@@ -145,7 +146,7 @@ def read_trace(path: str | Path, table: pl.NodeTable, skip_bad: bool = False) ->
                 raise ValueError(cells)
             row = parse_row(cells)
             request = row.request()
-            key = (request.cpu_milli, request.memory_mb, request.gpu_milli, request.workers)
+            key = shape(request)  # the one definition of "same placement answer"
             if key not in fits:
                 fits[key] = pl.could_ever_fit(table, request)
             if fits[key] is not None:
